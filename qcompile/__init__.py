@@ -1,0 +1,28 @@
+"""qcompile: a quantizing deep-learning compiler on Apache TVM.
+
+    qcompile.load(DIR)        -> a compiled model, called with {input name: numpy array}
+    qcompile.build(...)       -> compile an ONNX model into DIR/model.so + model.json
+    qcompile.quantize(...)    -> post-training quantization (FakeQuantize / QDQ ONNX)
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(build_dir, profile: bool = False):
+    from .runtime import load as _load
+
+    return _load(build_dir, profile=profile)
+
+
+def build(model, out_dir, **config):
+    """Python form of `qcompile build`: keyword arguments are BuildConfig fields."""
+    from .build import BuildConfig, build as _build
+
+    return _build(model, BuildConfig(**config), out_dir)
+
+
+def quantize(*args, **kwargs):
+    from .quantization import quantize as _quantize
+
+    return _quantize(*args, **kwargs)

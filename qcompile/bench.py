@@ -1,0 +1,47 @@
+"""Latency statistics and per-op counters for a loaded build (`qcompile bench`)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def latency_stats(seconds: np.ndarray, batch: int = 1) -> dict:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    med = float(np.median(ms))
+    return {
+        "iterations": int(ms.size),
+        "median_ms": med,
+        "p90_ms": float(np.percentile(ms, 90)),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
+        "mean_ms": float(ms.mean()),
+        "throughput_fps": (batch * 1e3 / med) if med > 0 else float("inf"),
+    }
+
+
+def format_stats(s: dict) -> str:
+    return (f"Count:      {s['iterations']} iterations\n"
+            f"Latency:\n"
+            f"   Median:  {s['median_ms']:.3f} ms\n"
+            f"   P90:     {s['p90_ms']:.3f} ms\n"
+            f"   Min:     {s['min_ms']:.3f} ms\n"
+            f"   Max:     {s['max_ms']:.3f} ms\n"
+            f"Throughput: {s['throughput_fps']:.2f} FPS")
+
+
+def counters(model, feed, meta: dict) -> str:
+    """benchmark_app-style per-layer counters from the Relax VM profiler."""
+    kernels = {k["function"]: k for k in meta.get("kernels", [])}
+    rows = [(name, sec * 1e6) for name, sec in model.profile(feed)]
+    agg: dict[str, list] = {}
+    for name, dur in rows:
+        agg.setdefault(name, []).append(dur)
+    total = sum(sum(v) for v in agg.values()) or 1.0
+    lines = [f"{'layer (kernel)':48s} {'calls':>5s} {'time us':>10s} {'%':>6s} "
+             f"{'precision':9s} {'nodes'}"]
+    for name, durs in sorted(agg.items(), key=lambda kv: -sum(kv[1])):
+        k = kernels.get(name, {})
+        lines.append(f"{name[:48]:48s} {len(durs):5d} {sum(durs):10.1f} "
+                     f"{100 * sum(durs) / total:6.2f} {k.get('precision', '-'):9s} "
+                     f"{', '.join(k.get('nodes', [])[:4])}")
+    lines.append(f"Total: {total / 1e3:.3f} ms in {sum(len(v) for v in agg.values())} calls")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""`qcompile build`: ONNX model -> DIR/model.so + DIR/model.json.
+
+Steps: resolve the target (targets/ data) -> import (frontend/) -> low-precision passes
+(relay_passes/pipeline.py; nothing to do for fp32) -> kernel dispatch for the target's int8
+templates -> fusion -> tuning (optional, MetaSchedule) -> schedules -> TVM build -> export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from . import artifact, targets
+from .config import flag, parse_shape_assignment, to_dict
+from .errors import QCompileError
+
+
+@dataclasses.dataclass
+class BuildConfig:
+    target: str = flag("host", help="target name from `qcompile targets`, or 'host' to pick "
+                       "the best one this CPU runs")
+    cross: bool = flag(False, help="build for a target this CPU cannot execute (no run check)")
+    input_shapes: dict[str, tuple[int, ...]] = flag(
+        default_factory=dict, name="--input-shape", parse=parse_shape_assignment, repeat=True,
+        metavar="NAME=D1,D2,...", help="static shape for an input (repeatable)")
+    trials: int = flag(0, help="MetaSchedule tuning trials in total (0: no tuning; default "
+                       "schedules and any records already in --tuning-db are used)")
+    tuning_db: str | None = flag(None, help="tuning database directory (created if missing, "
+                                 "reused across builds)")
+    num_threads: int | None = flag(None, help="threads the code is built and tuned for "
+                                   "(default: physical cores)")
+    strict: bool = flag(False, help="fail if any quantized op cannot run in int8 instead of "
+                        "reporting it and keeping it in f32")
+    seed: int | None = flag(None, help="random seed for tuning")
+
+
+@dataclasses.dataclass
+class BuildResult:
+    out_dir: Path
+    meta: dict
+    seconds: float
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResult:
+    from . import codegen, frontend
+    from .relay_passes import pipeline as lp
+    from .report import precision_table
+    from .util import versions
+
+    t0 = time.time()
+    spec = targets.resolve(config.target, cross=config.cross)
+    if config.trials > 0 and not config.tuning_db:
+        raise QCompileError("--trials needs --tuning-db DIR: the measured records are kept "
+                            "there and reused by later builds")
+    if config.trials > 0 and config.cross:
+        raise QCompileError("--trials measures candidates on this machine, which cannot run "
+                            f"target {spec.name!r} (--cross); tune on the target machine "
+                            "(qcompile tune --rpc) and pass its --tuning-db")
+    target = spec.tvm_target(config.num_threads)
+    _log(f"qcompile: target {spec.name} ({spec.description})", quiet)
+    imported = frontend.import_onnx(model, config.input_shapes)
+    _log(f"qcompile: imported {imported.source} ({len(imported.onnx_model.graph.node)} nodes, "
+         f"{imported.folded_nodes} folded)", quiet)
+    ctx = lp.LowPrecisionContext(spec=spec, strict=config.strict,
+                                 node_names=imported.node_names)
+    mod = lp.run(imported.mod, ctx)
+    table = precision_table(mod, imported, ctx)
+    mod, kernel_default = _dispatch_kernels(mod, spec)
+    fused = codegen.fuse(mod, target)
+    database, tune_summary = None, None
+    if config.tuning_db:
+        from .tuning import tuner
+
+        database, tune_summary = tuner.tune(fused, spec, target, config.tuning_db,
+                                            config.trials, seed=config.seed, progress=not quiet)
+        if tune_summary.tasks:
+            _log(f"qcompile: tuning database {config.tuning_db}: {tune_summary.already_tuned}/"
+                 f"{tune_summary.tasks} tasks already tuned, {tune_summary.tuned_now} tuned now "
+                 f"({tune_summary.trials} trials, {tune_summary.seconds:.0f}s)", quiet)
+    executable = codegen.compile_fused(fused, target, database=database,
+                                       default_schedule=kernel_default)
+    meta = {
+        "runtime": "relax-vm",
+        "model": {"source": str(imported.source), "nodes": len(imported.onnx_model.graph.node)},
+        "inputs": [t.to_dict() for t in imported.inputs],
+        "outputs": [t.to_dict() for t in imported.outputs],
+        "target": {**spec.to_dict(), "tvm_target": str(target)},
+        "versions": versions(),
+        "config": to_dict(config),
+        "tuning": tune_summary.to_dict() if tune_summary else None,
+        "ops": table["ops"],
+        "precision_summary": table["summary"],
+        "notes": ctx.notes,
+    }
+    out = artifact.write(out_dir, executable, meta)
+    secs = time.time() - t0
+    meta["build_seconds"] = secs
+    _log(f"qcompile: wrote {out / artifact.LIB_NAME} and {artifact.META_NAME} in {secs:.1f}s",
+         quiet)
+    return BuildResult(out, meta, secs)
+
+
+def _dispatch_kernels(mod, spec):
+    """Rewrite integer ops into the target's kernel templates; returns (mod, default-schedule
+    function for those templates or None)."""
+    from . import schedules
+
+    dispatch = getattr(schedules, "dispatch_for", None)
+    if dispatch is None:
+        return mod, None
+    return dispatch(mod, spec)

@@ -1,0 +1,1 @@
+"""qcompile's own ONNX converters; importing this package registers them."""

@@ -1,0 +1,110 @@
+"""Constant folding on the ONNX graph, before import.
+
+Expects: a ModelProto with static input shapes and inferred value shapes.
+Guarantees: every node whose inputs are all constants (initializers, Constant nodes, or
+`Shape` of a statically shaped tensor) is evaluated with ONNX's reference evaluator and
+replaced by an initializer — so computed Reshape shapes (Shape->Gather->Concat->Reshape, as
+in exported PP-OCR models) become constants the Relax importer accepts. Quantization ops
+(QuantizeLinear, DequantizeLinear, FakeQuantize, QLinear*, *Integer) are never folded: the
+low-precision passes need them, and folding a weight's DequantizeLinear would silently turn
+an int8 weight back into fp32.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+NEVER_FOLD = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "FakeQuantize",
+    "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool",
+    "QLinearAveragePool", "QLinearConcat", "QLinearSigmoid", "QLinearLeakyRelu",
+    "ConvInteger", "MatMulInteger", "QGemm",
+    # non-deterministic / side-effecting
+    "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "If", "Loop", "Scan",
+}
+# Do not materialize folded tensors larger than this (elements): they stay computed.
+MAX_FOLDED_ELEMENTS = 1 << 26
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim]
+        if all(d >= 0 for d in dims):
+            shapes[vi.name] = dims
+    return shapes
+
+
+def _eval_node(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: list) -> list:
+    from onnx.reference import ReferenceEvaluator
+
+    ev = ReferenceEvaluator(helper.make_model(
+        helper.make_graph([node], "fold",
+                          [helper.make_tensor_value_info(i, onnx.TensorProto.UNDEFINED, None)
+                           for i in node.input if i],
+                          [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None)
+                           for o in node.output]),
+        opset_imports=opset))
+    return ev.run(None, {i: values[i] for i in node.input if i})
+
+
+def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Return (folded model, number of nodes folded)."""
+    graph = model.graph
+    values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    shapes = _static_shapes(model)
+    opset = [o for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    used_by_graph_output = {o.name for o in graph.output}
+    keep: list[onnx.NodeProto] = []
+    folded = 0
+    for node in graph.node:
+        ok = node.domain in ("", "ai.onnx") and node.op_type not in NEVER_FOLD
+        if ok and node.op_type == "Shape":
+            src = node.input[0]
+            if src in values:
+                pass
+            elif src in shapes:
+                start = next((a.i for a in node.attribute if a.name == "start"), 0)
+                end = next((a.i for a in node.attribute if a.name == "end"), None)
+                shp = np.array(shapes[src], dtype=np.int64)[start:end]
+                values[node.output[0]] = shp
+                folded += 1
+                continue
+            else:
+                ok = False
+        elif ok:
+            ok = all((not i) or (i in values) for i in node.input) and len(node.input) > 0 \
+                or node.op_type == "Constant"
+        if ok and not any(o in used_by_graph_output for o in node.output):
+            try:
+                outs = _eval_node(node, values, opset)
+            except Exception:
+                outs = None
+            if outs is not None and all(np.asarray(o).size <= MAX_FOLDED_ELEMENTS for o in outs):
+                for name, val in zip(node.output, outs):
+                    values[name] = np.asarray(val)
+                folded += 1
+                continue
+        keep.append(node)
+    if not folded:
+        return model, 0
+    needed = {i for n in keep for i in n.input} | {o.name for o in graph.output}
+    new_inits = [numpy_helper.from_array(np.ascontiguousarray(v), name)
+                 for name, v in values.items() if name in needed]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(new_inits)
+    init_names = {t.name for t in new_inits}
+    # drop value_info of folded tensors; keep inputs that are real inputs
+    vis = [vi for vi in out.graph.value_info if vi.name not in init_names]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(vis)
+    return out, folded

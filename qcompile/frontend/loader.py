@@ -1,0 +1,43 @@
+"""Read an ONNX file (or take a ModelProto) and validate it, with errors that name the file."""
+from __future__ import annotations
+
+import os
+
+import onnx
+
+from ..errors import ModelError
+
+
+def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Return (ModelProto, a display name for messages). Raises ModelError naming the file."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<in-memory model>"
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise ModelError(f"model file {path!r} does not exist; check the path")
+    if os.path.isdir(path):
+        raise ModelError(f"model path {path!r} is a directory; pass the .onnx file inside it")
+    try:
+        proto = onnx.load(path)
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise ModelError(
+            f"{path!r} is not a readable ONNX model ({type(err).__name__}: {err}); "
+            "re-export it or check that the file is complete") from err
+    if not proto.graph.node:
+        raise ModelError(f"{path!r} parsed but holds no graph nodes: is it an ONNX model?")
+    if proto.ir_version < 3:
+        raise ModelError(f"{path!r} has ONNX IR version {proto.ir_version}; qcompile needs >= 3 "
+                         "(re-export with a current exporter)")
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+        raise ModelError(f"{path!r} fails ONNX validation: {first}") from err
+    return proto, path
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1

@@ -1,0 +1,139 @@
+"""Default schedules for fused PrimFuncs that neither a tuning record nor a qcompile kernel
+template scheduled (the fp32 remainder of an int8 model, or an untuned fp32 build).
+
+Expects: an IRModule after FuseTIR (and after MetaScheduleApplyDatabase / template
+schedules, which mark their functions `tir.is_scheduled`).
+Guarantees: every other PrimFunc is scheduled to use every core and the vector unit:
+injective producers are inlined; in each remaining block the leading spatial loops are fused
+and parallelized; for a reduction (conv, matmul) the innermost spatial loop is split by the
+vector width and moved inside the reduction loops, so its accumulators stay in a vector
+register; an elementwise block's innermost loop is vectorized. A step that a block's
+structure defeats is skipped (the function stays correct). Far from tuned code, but about
+cores x vector-width faster than TVM's naive serial loops.
+"""
+from __future__ import annotations
+
+F32_LANES = {128: 4, 256: 8, 512: 16}
+
+
+def _extent(sch, loop):
+    try:
+        return int(sch.get(loop).extent)
+    except TypeError:
+        return None
+
+
+def _schedule_block(sch, block, lanes: int) -> None:
+    from tvm.tirx import IterVar
+
+    loops = sch.get_loops(block)
+    kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+    if not loops:
+        return
+    if len(loops) != len(kinds) or any(
+            k == IterVar.DataPar and prev != IterVar.DataPar
+            for prev, k in zip(kinds, kinds[1:])):
+        # irregular nest (or spatial loops after reductions): parallelize the outermost loop
+        if kinds and kinds[0] == IterVar.DataPar:
+            sch.parallel(loops[0])
+        return
+    n_sp = sum(1 for k in kinds if k == IterVar.DataPar)
+    if n_sp == 0:
+        return
+    spatial, reduction = list(loops[:n_sp]), list(loops[n_sp:])
+    vec = None
+    width = _vector_width(_extent(sch, spatial[-1]), lanes)
+    if width:
+        outer, vec = sch.split(spatial[-1], factors=[None, width])
+        spatial[-1] = outer
+        if reduction:
+            sch.reorder(*spatial, *reduction, vec)
+    par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    sch.parallel(par)
+    if vec is None:
+        return
+    if reduction:
+        init = sch.decompose_reduction(block, reduction[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(vec)
+
+
+def _vector_width(extent, lanes: int):
+    """A divisor of `extent` to vectorize by: `lanes` if it divides, else the largest divisor
+    in [lanes/2, 2*lanes] (e.g. 14 for a 28-wide row on 8-lane AVX2); None if there is none."""
+    if not extent or extent < 2:
+        return None
+    if extent % lanes == 0:
+        return lanes
+    cands = [d for d in range(max(2, lanes // 2), 2 * lanes + 1) if extent % d == 0]
+    return max(cands) if cands else None
+
+
+def _blocks(sch):
+    """Names of the top-level blocks under the root block, in program order."""
+    root = sch.get_sblock("root")
+    return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
+
+
+def schedule_func(func, lanes: int):
+    import tvm
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    for name in _blocks(sch):
+        try:
+            sch.compute_inline(sch.get_sblock(name))
+        except Exception:  # not inlinable (reduction, output, multi-consumer): keep it
+            pass
+    for name in _blocks(sch):
+        # try the full recipe on a fork; keep what worked
+        trial = sch.copy()
+        try:
+            _schedule_block(trial, trial.get_sblock(name), lanes)
+            sch = trial
+        except Exception:
+            try:
+                loops = sch.get_loops(sch.get_sblock(name))
+                if loops:
+                    sch.parallel(loops[0])
+            except Exception:
+                pass
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def vector_bits(target) -> int:
+    try:
+        mattr = [str(a) for a in target.attrs.get("mattr", [])]
+    except Exception:
+        mattr = []
+    if any("avx512f" in a for a in mattr):
+        return 512
+    if any("avx2" in a for a in mattr):
+        return 256
+    return 128
+
+
+def apply(mod, target, extra=None):
+    """Schedule every unscheduled PrimFunc in `mod` (see module docstring).
+
+    `extra`: optional callable(mod, target) -> mod run first (qcompile's kernel templates'
+    default schedules), so the generic rules only see what is left."""
+    from tvm import tirx
+
+    if extra is not None:
+        mod = extra(mod, target)
+    lanes = F32_LANES.get(vector_bits(target), 8)
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and "tir.is_scheduled" in func.attrs and \
+                bool(func.attrs["tir.is_scheduled"]):
+            continue
+        try:
+            updates[gv] = schedule_func(func, lanes)
+        except Exception:
+            continue
+    for gv, f in updates.items():
+        mod[gv] = f
+    return mod
