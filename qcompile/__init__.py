@@ -8,6 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from . import tvm_compat as _tvm_compat
+
+_tvm_compat.install()
+
 
 def load(build_dir, profile: bool = False):
     from .runtime import load as _load

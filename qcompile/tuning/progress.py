@@ -6,10 +6,12 @@ import sys
 import time
 
 
-def make_progress_callback(task_names: list[str], trials_per_task: list[int], stream=None):
+def make_progress_callback(task_names: list[str], trials_per_task: list[int], stream=None,
+                           quiet: bool = False):
     from tvm.s_tir import meta_schedule as ms
+    from tvm.ir.utils import derived_object
 
-    @ms.derived_object
+    @derived_object
     class Progress(ms.measure_callback.PyMeasureCallback):
         def __init__(self):
             self.start = time.time()
@@ -29,7 +31,12 @@ def make_progress_callback(task_names: list[str], trials_per_task: list[int], st
             elapsed = time.time() - self.start
             eta = elapsed / max(total_done, 1) * max(total - total_done, 0)
             best = self.best[task_id]
-            best_s = f"{best * 1e3:.3f} ms" if best < float("inf") else "no valid run yet"
+            if quiet:
+                return
+            if best == float("inf"):
+                best_s = "no valid run yet"
+            else:
+                best_s = f"{best * 1e3:.3f} ms" if best >= 1e-3 else f"{best * 1e6:.2f} us"
             self.stream.write(
                 f"[tune {total_done}/{total} trials, {elapsed:.0f}s, ETA {eta:.0f}s] "
                 f"task {task_id} {task_names[task_id]}: {self.done[task_id]} trials, "

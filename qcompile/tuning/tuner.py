@@ -36,7 +36,7 @@ def extract_tasks(fused_mod, target):
 
 
 def tune(fused_mod, spec, target, db_path, trials: int, *, num_trials_per_iter: int | None = None,
-         builder="local", runner="local", seed: int | None = None, progress: bool = True,
+         builder=None, runner="local", seed: int | None = None, progress: bool = True,
          max_trials_per_task: int | None = None):
     """Returns (database, TuneSummary)."""
     from tvm.s_tir import meta_schedule as ms
@@ -48,18 +48,20 @@ def tune(fused_mod, spec, target, db_path, trials: int, *, num_trials_per_iter: 
     summary = TuneSummary(tasks=len(tasks), already_tuned=sum(done))
     if trials <= 0 or not todo:
         return db, summary
-    per_iter = int(num_trials_per_iter or spec.tuning.get("num_trials_per_iter", 16))
-    per_task = max_trials_per_task or max(per_iter, math.ceil(trials / len(todo)))
+    per_task = max_trials_per_task or max(1, math.ceil(trials / len(todo)))
+    per_iter = min(per_task, int(num_trials_per_iter or spec.tuning.get("num_trials_per_iter", 16)))
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ctxs, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=todo, work_dir=str(db_path), space="post-order-apply",
         strategy="evolutionary", seed=seed)
     names = [t.task_name for t in todo]
+    if builder is None:
+        from .builder import local_builder
+
+        builder = local_builder()
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-    prog = None
-    if progress:
-        prog = make_progress_callback(names, [min(per_task, trials)] * len(todo))
-        callbacks.append(prog)
+    prog = make_progress_callback(names, [min(per_task, trials)] * len(todo), quiet=not progress)
+    callbacks.append(prog)
     start = time.time()
     ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(db_path),
                   max_trials_global=trials, max_trials_per_task=per_task,
@@ -67,7 +69,6 @@ def tune(fused_mod, spec, target, db_path, trials: int, *, num_trials_per_iter: 
                   cost_model="xgb", measure_callbacks=callbacks, task_scheduler="gradient")
     summary.seconds = time.time() - start
     summary.tuned_now = len(todo)
-    if prog is not None:
-        summary.per_task = prog.summary()
-        summary.trials = sum(p["trials"] for p in summary.per_task)
+    summary.per_task = prog.summary()
+    summary.trials = sum(p["trials"] for p in summary.per_task)
     return db, summary

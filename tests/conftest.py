@@ -1,0 +1,64 @@
+"""Shared fixtures: small models built with onnx.helper (tests never read ../shared)."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+
+
+def make_mlp(seed=0, batch="fixed", in_dim=16, hidden=32, out_dim=8):
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array((rng.standard_normal((in_dim, hidden)) * 0.3).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array((rng.standard_normal(hidden) * 0.1).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array((rng.standard_normal((hidden, out_dim)) * 0.3).astype(np.float32), "w2")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="fc1_bias"),
+             helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="fc2")]
+    dim0 = 2 if batch == "fixed" else "batch"
+    g = helper.make_graph(nodes, "mlp",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [dim0, in_dim])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [dim0, out_dim])],
+                          initializer=[w1, b1, w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.fixture
+def mlp_path(tmp_path):
+    p = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(), p)
+    return p
+
+
+@pytest.fixture
+def cnn_model():
+    from qcompile.demo import make_demo_model
+
+    return make_demo_model()
+
+
+@pytest.fixture
+def cnn_path(tmp_path, cnn_model):
+    p = tmp_path / "cnn.onnx"
+    onnx.save(cnn_model, p)
+    return p
+
+
+def ort_run(model_or_path, feed):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) \
+        else str(model_or_path)
+    sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)

@@ -1,0 +1,105 @@
+"""Build -> export -> reload in a fresh process -> run -> bench, and the run-time error paths."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ort_run
+from qcompile.build import BuildConfig, build
+from qcompile.errors import ArtifactError, InputError, QCompileError
+from qcompile.runtime import load
+
+
+@pytest.fixture(scope="module")
+def cnn_build(tmp_path_factory):
+    from qcompile.demo import make_demo_model
+    import onnx
+
+    d = tmp_path_factory.mktemp("cnn")
+    onnx.save(make_demo_model(), d / "cnn.onnx")
+    res = build(str(d / "cnn.onnx"), BuildConfig(target="host"), d / "build", quiet=True)
+    return d, res
+
+
+def test_artifact_files_and_metadata(cnn_build):
+    d, res = cnn_build
+    assert (d / "build" / "model.so").is_file()
+    meta = json.loads((d / "build" / "model.json").read_text())
+    assert meta["inputs"] == [{"name": "input", "shape": [1, 3, 64, 64], "dtype": "float32"}]
+    assert meta["outputs"][0]["name"] == "prob"
+    assert meta["target"]["name"] in ("avx2", "avx512-vnni", "avx512", "avx2-vnni", "sse4.2")
+    assert meta["versions"]["apache-tvm"] == "0.27.0.post1"
+    assert meta["config"]["target"] == "host"
+    ops = {r["node"]: r for r in meta["ops"]}
+    assert ops["conv1"]["op"] == "Conv" and ops["prob"]["precision"] == "f32"
+
+
+def test_reload_in_fresh_process_matches_onnxruntime(cnn_build):
+    d, _ = cnn_build
+    x = np.random.default_rng(3).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.save(d / "x.npy", x)
+    code = (f"import numpy as np, qcompile; m = qcompile.load({str(d / 'build')!r}); "
+            f"np.save({str(d / 'y.npy')!r}, m({{'input': np.load({str(d / 'x.npy')!r})}})['prob'])")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    got = np.load(d / "y.npy")
+    want = ort_run(d / "cnn.onnx", {"input": x})[0]
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-4
+
+
+def test_input_checks(cnn_build):
+    d, _ = cnn_build
+    m = load(d / "build")
+    good = np.zeros((1, 3, 64, 64), np.float32)
+    with pytest.raises(InputError, match=r"unknown \['image'\], missing \['input'\]"):
+        m({"image": good})
+    with pytest.raises(InputError, match=r"shape \[1, 3, 32, 32\].*built for \[1, 3, 64, 64\]"):
+        m({"input": np.zeros((1, 3, 32, 32), np.float32)})
+    with pytest.raises(InputError, match="dtype float64.*astype\\('float32'\\)"):
+        m({"input": good.astype(np.float64)})
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        load(tmp_path / "nope")
+    with pytest.raises(ArtifactError, match="no model.json"):
+        load(tmp_path)
+
+
+def test_cli_run_and_bench(cnn_build, tmp_path):
+    d, _ = cnn_build
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-m", "qcompile", "run", str(d / "build"), "--input",
+                          f"input={tmp_path / 'x.npy'}", "--output", str(tmp_path / "o.npz")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = np.load(tmp_path / "o.npz")["prob"]
+    assert got.shape == (1, 10) and abs(got.sum() - 1) < 1e-4
+    bench = subprocess.run([sys.executable, "-m", "qcompile", "bench", str(d / "build"), "-niter",
+                            "5", "-report_type", "average_counters"], capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr
+    for word in ("Median:", "P90:", "Min:", "Max:", "Throughput:", "fused_conv2d"):
+        assert word in bench.stdout
+    bad = subprocess.run([sys.executable, "-m", "qcompile", "run", str(d / "build"), "--input",
+                          f"input={tmp_path / 'missing.npy'}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.npy" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, mlp_path):
+    r = subprocess.run([sys.executable, "-m", "qcompile", "build", str(mlp_path), "-o",
+                        str(tmp_path / "b"), "--target", "avx512vnni"], capture_output=True, text=True)
+    assert r.returncode == 2 and "Did you mean avx512-vnni" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cross_build_for_avx512_vnni(mlp_path, tmp_path):
+    res = build(str(mlp_path), BuildConfig(target="avx512-vnni", cross=True), tmp_path / "b",
+                quiet=True)
+    assert res.meta["target"]["name"] == "avx512-vnni"
+    assert "cascadelake" in res.meta["target"]["tvm_target"]
+
+
+def test_trials_need_a_database(mlp_path, tmp_path):
+    with pytest.raises(QCompileError, match="--trials needs --tuning-db"):
+        build(str(mlp_path), BuildConfig(trials=4), tmp_path / "b", quiet=True)

@@ -1,0 +1,65 @@
+"""Targets as data, host detection, typed config <-> CLI flags."""
+import argparse
+
+import pytest
+
+from qcompile import config, targets
+from qcompile.build import BuildConfig
+from qcompile.errors import TargetError
+
+
+def test_every_target_file_parses_and_builds_a_tvm_target():
+    specs = targets.all_targets()
+    assert {"avx512-vnni", "avx512", "avx2", "sse4.2", "intel-gpu"} <= set(specs)
+    for spec in specs.values():
+        t = spec.tvm_target(num_cores=2)
+        assert t.kind.name == ("opencl" if spec.family == "opencl" else "llvm")
+        assert spec.int8.activation_dtype == "uint8" and spec.int8.weight_dtype == "int8"
+
+
+def test_host_detection_picks_the_best_runnable(monkeypatch):
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset(
+        "sse4_2 ssse3 avx2 fma avx512f avx512bw avx512vl avx512dq avx512_vnni".split()))
+    assert targets.detect_host().name == "avx512-vnni"
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset("sse4_2 ssse3 avx2 fma".split()))
+    assert targets.detect_host().name == "avx2"
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset("sse4_2 ssse3".split()))
+    assert targets.detect_host().name == "sse4.2"
+
+
+def test_unknown_target_suggests_near_names():
+    with pytest.raises(TargetError, match="Did you mean avx512-vnni"):
+        targets.resolve("avx512vnni")
+
+
+def test_target_the_cpu_cannot_run_needs_cross(monkeypatch):
+    monkeypatch.setattr(targets, "cpu_flags", lambda: frozenset("sse4_2 ssse3 avx2 fma".split()))
+    with pytest.raises(TargetError, match=r"lacks \(?avx512f.*--cross"):
+        targets.resolve("avx512-vnni")
+    assert targets.resolve("avx512-vnni", cross=True).name == "avx512-vnni"
+
+
+def test_build_config_flags_round_trip():
+    p = argparse.ArgumentParser()
+    config.add_arguments(p, BuildConfig)
+    args = p.parse_args(["--target", "avx2", "--input-shape", "x=1,3,8,8", "--input-shape",
+                         "y=2,4", "--trials", "5", "--tuning-db", "db", "--cross"])
+    cfg = config.from_args(BuildConfig, args)
+    assert cfg.target == "avx2" and cfg.cross and cfg.trials == 5 and cfg.tuning_db == "db"
+    assert cfg.input_shapes == {"x": (1, 3, 8, 8), "y": (2, 4)}
+    assert config.from_dict(BuildConfig, config.to_dict(cfg)) == cfg
+    # every field is a flag
+    flags = {a.dest for a in p._actions}
+    assert {f for f in BuildConfig.__dataclass_fields__} <= flags
+
+
+@pytest.mark.parametrize("bad", ["x", "x=", "x=1,a", "=1,2", "x=0,3"])
+def test_bad_input_shape_flag(bad):
+    with pytest.raises(argparse.ArgumentTypeError, match="input-shape"):
+        config.parse_shape_assignment(bad)
+
+
+def test_durations():
+    assert config.parse_duration("20m") == 1200 and config.parse_duration("90") == 90
+    with pytest.raises(argparse.ArgumentTypeError):
+        config.parse_duration("soon")

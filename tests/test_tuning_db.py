@@ -1,0 +1,61 @@
+"""Tuning with MetaSchedule into a database: reuse, and refusal of mismatched/corrupt DBs."""
+import json
+
+import pytest
+
+from qcompile.build import BuildConfig, build
+from qcompile.errors import TuningDatabaseError
+from qcompile.tuning import database as dbm
+
+
+def test_tune_then_reuse_without_tuning(mlp_path, tmp_path):
+    db = tmp_path / "db"
+    first = build(str(mlp_path), BuildConfig(trials=6, tuning_db=str(db), seed=0),
+                  tmp_path / "b1", quiet=True)
+    t1 = first.meta["tuning"]
+    assert t1["tasks"] >= 2 and t1["tuned_now"] == t1["tasks"] and t1["trials"] > 0
+    header = json.loads((db / dbm.HEADER).read_text())
+    assert header["target"] == first.meta["target"]["name"] and header["tvm"] == "0.27.0.post1"
+    assert (db / dbm.RECORDS).stat().st_size > 0
+    second = build(str(mlp_path), BuildConfig(trials=6, tuning_db=str(db)), tmp_path / "b2",
+                   quiet=True)
+    t2 = second.meta["tuning"]
+    assert t2["tuned_now"] == 0 and t2["already_tuned"] == t1["tasks"] and t2["trials"] == 0
+
+
+def test_database_for_another_target_is_refused(mlp_path, tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / dbm.HEADER).write_text(json.dumps({"qcompile_db_version": 1, "target": "avx512-vnni",
+                                             "mcpu": "cascadelake", "mattr": [], "family": "x86",
+                                             "tvm": "0.27.0.post1"}))
+    (db / dbm.RECORDS).write_text("")
+    before = (db / dbm.HEADER).read_text()
+    with pytest.raises(TuningDatabaseError, match="made for another configuration.*avx512-vnni"):
+        build(str(mlp_path), BuildConfig(tuning_db=str(db)), tmp_path / "b", quiet=True)
+    assert (db / dbm.HEADER).read_text() == before
+
+
+def test_database_from_another_tvm_is_refused(mlp_path, tmp_path):
+    from qcompile import targets
+
+    db = tmp_path / "db"
+    db.mkdir()
+    ident = dbm.identity(targets.resolve("host"))
+    ident["tvm"] = "0.19.0"
+    (db / dbm.HEADER).write_text(json.dumps(ident))
+    with pytest.raises(TuningDatabaseError, match="tvm: database '0.19.0'"):
+        build(str(mlp_path), BuildConfig(tuning_db=str(db)), tmp_path / "b", quiet=True)
+
+
+def test_corrupt_or_foreign_database(mlp_path, tmp_path):
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / dbm.HEADER).write_text("{not json")
+    with pytest.raises(TuningDatabaseError, match="corrupt"):
+        build(str(mlp_path), BuildConfig(tuning_db=str(db)), tmp_path / "b", quiet=True)
+    other = tmp_path / "raw"
+    other.mkdir()
+    (other / dbm.RECORDS).write_text("")
+    with pytest.raises(TuningDatabaseError, match="no qcompile-tuning.json"):
+        build(str(mlp_path), BuildConfig(tuning_db=str(other)), tmp_path / "b", quiet=True)
