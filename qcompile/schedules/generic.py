@@ -69,6 +69,12 @@ def _vector_width(extent, lanes: int):
     return max(cands) if cands else None
 
 
+def _is_reduction(sch, block) -> bool:
+    from tvm.tirx import IterVar
+
+    return any(iv.iter_type != IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
 def _blocks(sch):
     """Names of the top-level blocks under the root block, in program order."""
     root = sch.get_sblock("root")
@@ -81,8 +87,14 @@ def schedule_func(func, lanes: int):
 
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     for name in _blocks(sch):
+        block = sch.get_sblock(name)
+        # inline into elementwise consumers only: padding inlined into a conv's reduction
+        # becomes a branch in its innermost loop
+        consumers = sch.get_consumers(block)
+        if any(_is_reduction(sch, c) for c in consumers):
+            continue
         try:
-            sch.compute_inline(sch.get_sblock(name))
+            sch.compute_inline(block)
         except Exception:  # not inlinable (reduction, output, multi-consumer): keep it
             pass
     for name in _blocks(sch):
