@@ -72,21 +72,29 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResu
     mod = lp.run(imported.mod, ctx)
     table = precision_table(mod, imported, ctx)
     mod, kernel_default = _dispatch_kernels(mod, spec)
-    fused = codegen.fuse(mod, target)
+    fused, kernel_map = codegen.fuse_with_map(mod, target)
     database, tune_summary = None, None
     if config.tuning_db:
         from .tuning import tuner
 
+        measure = {}
+        if spec.family == "opencl":  # candidates are measured through pyopencl (qcompile.gpu)
+            from .gpu import tuning as gpu_tuning
+
+            measure = gpu_tuning.builder_and_runner(spec)
         database, tune_summary = tuner.tune(fused, spec, target, config.tuning_db,
-                                            config.trials, seed=config.seed, progress=not quiet)
+                                            config.trials, seed=config.seed, progress=not quiet,
+                                            **measure)
         if tune_summary.tasks:
             _log(f"qcompile: tuning database {config.tuning_db}: {tune_summary.already_tuned}/"
                  f"{tune_summary.tasks} tasks already tuned, {tune_summary.tuned_now} tuned now "
                  f"({tune_summary.trials} trials, {tune_summary.seconds:.0f}s)", quiet)
-    executable = codegen.compile_fused(fused, target, database=database,
-                                       default_schedule=kernel_default)
+    executable = None
+    if spec.family != "opencl":
+        executable = codegen.compile_fused(fused, target, database=database,
+                                           default_schedule=kernel_default)
     meta = {
-        "runtime": "relax-vm",
+        "runtime": "relax-vm" if executable is not None else "opencl",
         "model": {"source": str(imported.source), "nodes": len(imported.onnx_model.graph.node)},
         "inputs": [t.to_dict() for t in imported.inputs],
         "outputs": [t.to_dict() for t in imported.outputs],
@@ -97,12 +105,22 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResu
         "ops": table["ops"],
         "precision_summary": table["summary"],
         "notes": ctx.notes,
+        "kernels": _kernel_rows(fused, kernel_map, imported.node_names),
     }
-    out = artifact.write(out_dir, executable, meta)
+    if executable is None:
+        # OpenCL family: the wheel has no OpenCL runtime, so the artifact is the kernels,
+        # their launch list and the weights, run by qcompile.runtimes.opencl (docs/gpu.md)
+        from .gpu import artifact as gpu_artifact
+
+        out, meta = gpu_artifact.write(out_dir, fused, target, meta, database=database)
+        _log(f"qcompile: {meta['opencl']['kernels']} OpenCL kernels, "
+             f"{meta['opencl']['launches']} launches", quiet)
+    else:
+        out = artifact.write(out_dir, executable, meta)
     secs = time.time() - t0
     meta["build_seconds"] = secs
-    _log(f"qcompile: wrote {out / artifact.LIB_NAME} and {artifact.META_NAME} in {secs:.1f}s",
-         quiet)
+    _log(f"qcompile: wrote {out / (artifact.LIB_NAME if executable is not None else '')} "
+         f"and {artifact.META_NAME} in {secs:.1f}s", quiet)
     return BuildResult(out, meta, secs)
 
 
@@ -111,7 +129,29 @@ def _dispatch_kernels(mod, spec):
     function for those templates or None)."""
     from . import schedules
 
+    if spec.family == "opencl":
+        from .schedules import opencl
+
+        return opencl.dispatch(mod, spec), None
     dispatch = getattr(schedules, "dispatch_for", None)
     if dispatch is None:
         return mod, None
     return dispatch(mod, spec)
+
+
+def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:
+    """One row per PrimFunc: the ONNX nodes it computes and the precision it runs in."""
+    from tvm import tirx
+
+    rows = []
+    for gv, func in fused.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        dtypes = {str(p.dtype) for p in func.params if hasattr(p, "dtype")}
+        rows.append({
+            "function": gv.name_hint,
+            "nodes": [node_names.get(n, n) for n in kernel_map.get(gv.name_hint, [])],
+            "precision": "int8" if dtypes & {"uint8", "int8"} else "f32",
+            "param_dtypes": sorted(dtypes),
+        })
+    return rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def fusion_passes():
+def _pre_fusion_passes():
     from tvm import relax
 
     return [
@@ -20,16 +20,60 @@ def fusion_passes():
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
     ]
 
 
 def fuse(mod, target):
+    """Legalize and fuse (what task extraction and the build both see)."""
+    return fuse_with_map(mod, target)[0]
+
+
+def fuse_with_map(mod, target):
+    """Legalize and fuse; returns (fused module, kernel map).
+
+    The kernel map says, for each PrimFunc the VM will call, which named bindings (ONNX
+    nodes, through the frontend's provenance) it computes: read after FuseOps, when each
+    fused group is still a Relax function of the original bindings."""
     import tvm
+    from tvm import relax
 
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.transform.Sequential(fusion_passes())(mod)
+        grouped = tvm.transform.Sequential(_pre_fusion_passes())(mod)
+        kernel_map = _kernel_map(grouped)
+        fused = tvm.transform.Sequential([relax.transform.FuseTIR(),
+                                          relax.transform.DeadCodeElimination()])(grouped)
+    return fused, kernel_map
+
+
+def _kernel_map(grouped) -> dict[str, list[str]]:
+    from tvm import relax
+
+    def bindings(func):
+        for block in func.body.blocks:
+            yield from block.bindings
+
+    out: dict[str, list[str]] = {}
+    funcs = {gv.name_hint: f for gv, f in grouped.functions.items()}
+    for b in bindings(grouped["main"]):
+        val = b.value
+        if not isinstance(val, relax.Call):
+            continue
+        callee = val.op
+        if isinstance(callee, relax.GlobalVar) and isinstance(funcs.get(callee.name_hint),
+                                                               relax.Function):
+            inner = funcs[callee.name_hint]
+            names = [ib.var.name for ib in bindings(inner)
+                     if isinstance(ib.value, relax.Call)]
+            out.setdefault(callee.name_hint, []).extend(n for n in names if not _anon(n))
+        elif getattr(callee, "name", None) == "relax.call_tir":
+            gv = val.args[0]
+            if not _anon(b.var.name):
+                out.setdefault(gv.name_hint, []).append(b.var.name)
+    return out
+
+
+def _anon(name: str) -> bool:
+    return name.startswith("lv") and (name[2:].isdigit() or name == "lv") or name.startswith("gv")
 
 
 def compile_fused(mod, target, database=None, default_schedule=None):
