@@ -59,6 +59,13 @@ def read_meta(build_dir: str | os.PathLike) -> dict[str, Any]:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ArtifactError(f"{meta_path} was written by a newer qcompile (format "
                             f"{meta.get('format_version')}); upgrade qcompile to load it")
+    if meta.get("runtime", "relax-vm") != "relax-vm":
+        # other runtimes (qcompile.runtimes) list their own files; all must be there
+        missing = [f for f in meta.get("files", {}).values() if not (d / f).is_file()]
+        if missing:
+            raise ArtifactError(f"{str(d)!r} lacks {', '.join(missing)}; the build did not "
+                                "finish, rebuild it")
+        return meta
     lib = d / meta.get("files", {}).get("library", LIB_NAME)
     if not lib.is_file():
         raise ArtifactError(f"{str(d)!r} lacks {lib.name}; the build did not finish, rebuild it")
