@@ -1,0 +1,550 @@
+"""x86 int8 dispatch: integer ops -> packed, tensorized qcompile kernels (`call_te`).
+
+Expects: a Relax module after the low-precision passes (docs/integer-ir.md): integer ops
+`R.nn.conv2d(u8 NCHW, s8 const OIHW, out_dtype="int32")` (groups 1, or depthwise groups=C),
+`R.matmul(u8, s8 const [K, N], out_dtype="int32")`, `R.matmul(u8, s8 activation,
+out_dtype="int32")` (optionally with a `permute_dims` swapping the last two axes of the right
+operand), followed by elementwise epilogues (`add`, `multiply`, `astype`, `round`, `clip`,
+..., `qcompile.requantize`, `qcompile.qadd`), `R.nn.pad` with the zero point, `max_pool2d`.
+Constants must be `relax.const` (or `permute_dims`/`reshape`/`astype` of one).
+
+Guarantees:
+* every matched conv / matmul becomes a `call_tir` to a TE compute from
+  `qcompile.schedules.x86.compute` whose main block is annotated with its MetaSchedule rule
+  and tensor intrinsic; the intrinsic is chosen from `TargetSpec.int8` (`dot_product`,
+  `saturation`, `lanes`), never from the target's name. On targets whose `vpmaddubsw`
+  saturates, the exact widened variant is used unless the constant weights provably cannot
+  saturate an s16 pair sum (then the faster saturating one, when `allow_saturating_fast`);
+* weights (and per-channel constants of epilogues) are packed once, here, into constants;
+* convs and the elementwise ops / pads / max-pools between them form NCHW[L]c regions: data
+  is transformed (`region_ops.to_nchwc` / `from_nchwc`) only where a value enters or leaves
+  a region, so consecutive int8 convs stay blocked. `R.nn.pad` with a constant value that
+  feeds a conv is folded into the conv (padding with the zero point). `qcompile.requantize`
+  inside a region is expanded into the same elementwise math; `qcompile.qadd` becomes
+  `region_ops.qadd` (FMA-fenced, bit-exact to the reference);
+* bindings it does not rewrite are untouched; a rewritten value keeps its var (name) where
+  its type is unchanged, otherwise the NCHW value leaving the region is bound to a var of
+  the original name;
+* `report` (if given) receives one dict per rewritten op: var, op, kernel, intrinsic,
+  variant, exact, and one per integer op left alone with the reason.
+
+After it, run `lower(mod, spec, database=None)` (fusion + schedules) or the same steps by
+hand: `relax.transform.LegalizeOps/AnnotateTIROpPattern/FoldConstant/FuseOps/FuseTIR`, then
+`apply_default_schedules(mod, spec)` (untuned) or MetaSchedule's `ApplyDatabase`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops
+from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
+
+__all__ = ["dispatch", "X86Int8Dispatch", "fuse", "lower", "apply_default_schedules"]
+
+_ELEMWISE = {
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+    "relax.minimum", "relax.astype", "relax.round", "relax.clip", "relax.nn.relu",
+    "relax.floor", "relax.ceil", "relax.negative", "relax.abs",
+}
+_REQUANTIZE = "qcompile.requantize"
+_QADD = "qcompile.qadd"
+
+
+@dataclasses.dataclass
+class _Blocked:
+    """A value inside an int8 region: `var` is NCHW[lanes]c with `channels` real channels."""
+
+    var: relax.Expr
+    channels: int
+    lanes: int
+    nchw_shape: tuple[int, ...]
+
+
+def _shape(expr) -> tuple[int, ...] | None:
+    ty = getattr(expr, "ty", None)
+    shape = getattr(ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def _dtype(expr) -> str | None:
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype) if ty is not None and hasattr(ty, "dtype") else None
+
+
+def _attr(call, key, default=None):
+    attrs = call.attrs
+    if attrs is None:
+        return default
+    try:
+        return attrs[key]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return getattr(attrs, key, default)
+
+
+def _pyval(v):
+    if hasattr(v, "value"):
+        return v.value
+    return v
+
+
+@relax.expr_functor.mutator
+class _Dispatcher(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, spec, allow_fast: bool, report: list | None,
+                 exact_variant: str | None = None):
+        super().__init__(mod)
+        self.exact_variant = exact_variant
+        self.mod_ = mod
+        self.spec = spec
+        self.cap = spec.int8
+        self.lanes = int(spec.int8.lanes)
+        self.allow_fast = allow_fast
+        self.report = report if report is not None else []
+        self.region: dict[Any, _Blocked] = {}       # original var -> blocked value
+        self.deferred: dict[Any, Callable] = {}      # original var -> emits its NCHW value
+        self.deferred_pad: dict[Any, tuple] = {}     # pad var -> (input, (t, l, b, r), value)
+        self.bound: dict[Any, relax.Expr] = {}       # original var -> original bound value
+        self.entry_cache: dict[tuple, relax.Expr] = {}
+        self.in_dataflow = False
+
+    # ------------------------------------------------------------------ module driver
+    def run(self) -> tvm.IRModule:
+        for gv, func in self.mod_.functions.items():
+            if isinstance(func, relax.Function):
+                new = self.visit_expr(func)
+                self.builder_.update_func(gv, new)
+        return self.builder_.get()
+
+    def visit_dataflow_block_(self, block):
+        self.in_dataflow = True
+        try:
+            return super().visit_dataflow_block_(block)
+        finally:
+            self.in_dataflow = False
+            self._end_block()
+
+    def visit_binding_block_(self, block):
+        try:
+            return super().visit_binding_block_(block)
+        finally:
+            self._end_block()
+
+    def _end_block(self):
+        # blocked values are DataflowVars of the block just left; every value used after
+        # it (a block output) was materialized when it was bound
+        self.region.clear()
+        self.deferred.clear()
+        self.deferred_pad.clear()
+        self.entry_cache.clear()
+
+    # ---------------------------------------------------------------------- bindings
+    def visit_var_binding_(self, binding):
+        var, value = binding.var, binding.value
+        self.bound[var] = value
+        handled = False
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            name = value.op.name
+            try:
+                if name == "relax.nn.conv2d":
+                    handled = self._conv2d(var, value)
+                elif name == "relax.matmul":
+                    handled = self._matmul(var, value)
+                elif name == "relax.nn.pad":
+                    handled = self._pad(var, value)
+                elif name in _ELEMWISE or name in (_REQUANTIZE, _QADD, "relax.nn.max_pool2d"):
+                    handled = self._elementwise(var, value)
+            except _Skip as why:
+                self._note(var, name, None, reason=str(why))
+                handled = False
+        if handled:
+            if not isinstance(var, relax.DataflowVar) or not self.in_dataflow:
+                self._materialize(var)  # block outputs must exist as NCHW values now
+            return
+        self._materialize_free_vars(value)
+        super().visit_var_binding_(binding)
+
+    def _materialize_free_vars(self, expr):
+        for v in relax.analysis.free_vars(expr):
+            self._materialize(v)
+
+    def _materialize(self, var) -> None:
+        """Bind the original (NCHW) value of a region/deferred var before its first use."""
+        fn = self.deferred.pop(var, None)
+        if fn is None:
+            return
+        new_value = fn()
+        if isinstance(var, relax.DataflowVar) and self.in_dataflow:
+            new_var = self.builder_.emit(new_value, name_hint=var.name)
+        else:
+            new_var = self.builder_.emit_output(new_value, name_hint=var.name) \
+                if self.in_dataflow else self.builder_.emit(new_value, name_hint=var.name)
+        self.set_var_remap(var, new_var)
+
+    def _use(self, expr):
+        """The rewritten expression for an argument used outside any region."""
+        if isinstance(expr, relax.Var):
+            self._materialize(expr)
+        return self.visit_expr(expr)
+
+    def _note(self, var, op, info, kernel=None, reason=None):
+        entry = {"var": var.name, "op": op}
+        if reason is None:
+            entry.update(kernel=kernel, intrinsic=info.name if info else None,
+                         variant=info.variant if info else "vector",
+                         exact=info.exact if info else True)
+        else:
+            entry["left_alone"] = reason
+        self.report.append(entry)
+
+    # ---------------------------------------------------------------------- constants
+    def _const(self, expr) -> np.ndarray | None:
+        seen = 0
+        while isinstance(expr, relax.Var) and expr in self.bound and seen < 16:
+            expr, seen = self.bound[expr], seen + 1
+        if isinstance(expr, tvm.ir.expr.GenericConst):
+            return expr.value.numpy()
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            name = expr.op.name
+            if name in ("relax.permute_dims", "relax.reshape", "relax.astype"):
+                inner = self._const(expr.args[0])
+                if inner is None:
+                    return None
+                if name == "relax.permute_dims":
+                    axes = _attr(expr, "axes")
+                    axes = None if axes is None else [int(a) for a in axes]
+                    return np.transpose(inner, axes)
+                if name == "relax.astype":
+                    return inner.astype(str(_attr(expr, "dtype")))
+                shape = _shape(expr)
+                return None if shape is None else inner.reshape(shape)
+        return None
+
+    # ------------------------------------------------------------------ region entry
+    def _blocked_input(self, expr, cb: int, pad_value: int = 0):
+        """`expr` (NCHW) as NCHW[cb]c: the region value if it is one with that block,
+        otherwise a border `to_nchwc` (cached per value and block)."""
+        if isinstance(expr, relax.Var) and expr in self.region:
+            blk = self.region[expr]
+            if blk.lanes == cb:
+                return blk.var, blk
+            src = self._use(expr)
+        else:
+            src = self._use(expr)
+        key = (src, cb, pad_value)
+        if key not in self.entry_cache:
+            self.entry_cache[key] = self.builder_.emit(
+                self.builder_.call_te(region_ops.to_nchwc, src, cb, pad_value,
+                                      primfunc_name_hint="to_nchwc"),
+                name_hint=f"{getattr(expr, 'name', 'x')}_nchw{cb}c")
+        return self.entry_cache[key], None
+
+    def _record(self, var, new_expr, channels: int, nchw_shape) -> None:
+        new_var = self.builder_.emit(new_expr, name_hint=f"{var.name}_nchw{self.lanes}c")
+        blk = _Blocked(new_var, channels, self.lanes, tuple(nchw_shape))
+        self.region[var] = blk
+        self.deferred[var] = lambda b=blk: self.builder_.call_te(
+            region_ops.from_nchwc, b.var, b.channels, primfunc_name_hint="from_nchwc")
+
+    # ---------------------------------------------------------------------- handlers
+    def _pad(self, var, call) -> bool:
+        if _dtype(call) != "uint8" or str(_attr(call, "pad_mode", "constant")) != "constant":
+            return False
+        widths = [int(w) for w in _attr(call, "pad_width")]
+        if len(widths) != 8 or any(widths[:4]):
+            return False
+        value = float(_pyval(_attr(call, "pad_value", 0.0)))
+        if value != int(value) or not 0 <= value <= 255:
+            return False
+        src = call.args[0]
+        # (top, left, bottom, right) as the conv attribute orders them
+        self.deferred_pad[var] = (src, (widths[4], widths[6], widths[5], widths[7]), int(value))
+        self.deferred[var] = lambda: relax.Call(
+            call.op, [self._use(src)], call.attrs, call.ty_args)
+        return True
+
+    def _conv_data(self, data):
+        """(source expr, extra padding, pad value) for a conv's data, folding a deferred pad."""
+        if isinstance(data, relax.Var) and data in self.deferred_pad:
+            src, pads, value = self.deferred_pad[data]
+            return src, pads, value
+        return data, (0, 0, 0, 0), 0
+
+    def _conv2d(self, var, call) -> bool:
+        data, weight = call.args
+        if (_dtype(data) != "uint8" or str(_attr(call, "out_dtype")) != "int32"
+                or str(_attr(call, "data_layout")) != "NCHW"
+                or str(_attr(call, "kernel_layout")) != "OIHW"
+                or str(_attr(call, "out_layout")) != "NCHW"):
+            return False
+        w = self._const(weight)
+        if w is None or w.dtype != np.int8:
+            raise _Skip("conv2d weight is not an int8 constant")
+        groups = int(_attr(call, "groups"))
+        strides = tuple(int(s) for s in _attr(call, "strides"))
+        dilation = tuple(int(d) for d in _attr(call, "dilation"))
+        conv_pad = tuple(int(p) for p in _attr(call, "padding"))
+        src, extra, pad_value = self._conv_data(data)
+        if any(extra) and any(conv_pad):
+            if pad_value != 0:
+                src, extra, pad_value = data, (0, 0, 0, 0), 0
+            else:
+                extra = tuple(a + b for a, b in zip(extra, conv_pad))
+                conv_pad = (0, 0, 0, 0)
+        padding = extra if any(extra) else conv_pad
+        in_shape, out_shape = _shape(src), _shape(var)
+        if in_shape is None or out_shape is None or len(in_shape) != 4:
+            raise _Skip("conv2d needs static NCHW shapes")
+        ic = in_shape[1]
+        oc = w.shape[0]
+        lanes = self.lanes
+        if groups == 1:
+            cb = packing.data_block(ic, lanes)
+            in_region = isinstance(src, relax.Var) and src in self.region
+            if in_region:
+                cb = self.region[src].lanes
+            blocks = packing.conv_blocks(w, lanes, cb)
+            # the s16-activation kernel pays a widening copy of its input: free when the
+            # kernel copies it for padding anyway, cheap when each input is reused often
+            info = self._select(blocks, intrinsics.s16_activations_pay_off(
+                any(padding), oc * w.shape[2] * w.shape[3]))
+            packed = packing.pack_conv(w, info, cb, blocks)
+            xin, _ = self._blocked_input(src, cb)
+            expr = self.builder_.call_te(
+                compute.conv2d_nchwc, xin, relax.const(packed), strides, padding, dilation,
+                pad_value, info.name, primfunc_name_hint="qconv2d_nchwc")
+            self._record(var, expr, oc, out_shape)
+            self._note(var, "conv2d", info, kernel="conv2d_nchwc")
+            return True
+        if groups == ic == oc and w.shape[1] == 1:
+            xin, _ = self._blocked_input(src, lanes)
+            kern = packing.pack_depthwise(w, lanes)
+            expr = self.builder_.call_te(
+                compute.depthwise_nchwc, xin, relax.const(kern), strides, padding, dilation,
+                pad_value, primfunc_name_hint="qdepthwise_nchwc")
+            self._record(var, expr, oc, out_shape)
+            self._note(var, "conv2d", None, kernel="depthwise_nchwc")
+            return True
+        raise _Skip(f"grouped conv2d (groups={groups}) has no int8 kernel")
+
+    def _safe(self, blocks: np.ndarray | None) -> bool:
+        if blocks is None or not self.allow_fast or self.cap.saturation != "widen":
+            return False
+        return intrinsics.weights_fit_s16_pairs(blocks)
+
+    def _select(self, blocks, s16_activations: bool) -> intrinsics.DotIntrin:
+        return intrinsics.select(self.cap, self._safe(blocks), s16_activations,
+                                 self.exact_variant)
+
+    def _matmul(self, var, call) -> bool:
+        a, b = call.args
+        if _dtype(a) != "uint8" or str(_attr(call, "out_dtype")) != "int32":
+            return False
+        if _dtype(b) != "int8":
+            raise _Skip("matmul right operand is not int8")
+        ashape, bshape = _shape(a), _shape(b)
+        if ashape is None or bshape is None or len(ashape) < 2:
+            raise _Skip("matmul needs static shapes")
+        w = self._const(b)
+        if w is not None:
+            if w.ndim != 2:
+                raise _Skip("constant matmul weight is not 2-D")
+            k, n = w.shape
+            blocks = packing.dense_blocks(w, self.lanes)
+            info = self._select(blocks, intrinsics.s16_activations_pay_off(k % 4 != 0, n))
+            packed = packing.pack_dense(w, info, blocks)
+            expr = self.builder_.call_te(compute.dense_packed, self._use(a), relax.const(packed),
+                                         info.name, n, primfunc_name_hint="qdense")
+            self._note(var, "matmul", info, kernel="dense")
+        else:
+            transpose_b = False
+            src = b
+            if isinstance(b, relax.Var) and b in self.bound:
+                bv = self.bound[b]
+                if (isinstance(bv, relax.Call) and isinstance(bv.op, tvm.ir.Op)
+                        and bv.op.name == "relax.permute_dims"):
+                    axes = _attr(bv, "axes")
+                    nd = len(bshape)
+                    if axes is not None and [int(x) for x in axes] == (
+                            list(range(nd - 2)) + [nd - 1, nd - 2]):
+                        src, transpose_b = bv.args[0], True
+            if len(bshape) not in (2, len(ashape)) or (
+                    len(bshape) > 2 and tuple(bshape[:-2]) != tuple(ashape[:-2])):
+                raise _Skip("batch dims of the matmul operands differ (broadcasting)")
+            n = bshape[-2] if transpose_b else bshape[-1]
+            info = self._select(None, intrinsics.s16_activations_pay_off(
+                ashape[-1] % 4 != 0, n))
+            expr = self.builder_.call_te(compute.batch_matmul, self._use(a), self._use(src),
+                                         info.name, transpose_b,
+                                         primfunc_name_hint="qbatch_matmul")
+            self._note(var, "matmul", info, kernel="batch_matmul")
+        self._bind_same(var, expr)
+        return True
+
+    def _bind_same(self, var, expr):
+        new_value = self.builder_.normalize(expr)
+        if isinstance(var, relax.DataflowVar) and self.in_dataflow:
+            new_var = self.builder_.emit(new_value, name_hint=var.name)
+        elif self.in_dataflow:
+            new_var = self.builder_.emit_output(new_value, name_hint=var.name)
+        else:
+            new_var = self.builder_.emit(new_value, name_hint=var.name)
+        self.set_var_remap(var, new_var)
+
+    # ---------------------------------------------------------------- region ops
+    def _region_arg(self, arg, ref: _Blocked):
+        """An elementwise argument in the layout of `ref`, or None if it cannot follow."""
+        if isinstance(arg, relax.Var) and arg in self.region:
+            blk = self.region[arg]
+            if blk.channels == ref.channels and blk.lanes == ref.lanes \
+                    and blk.nchw_shape == ref.nchw_shape:
+                return blk.var
+            return None
+        if isinstance(arg, tvm.ir.expr.GenericConst):
+            pass
+        elif not isinstance(arg, relax.Expr) or isinstance(
+                arg, (tvm.ir.expr.Constant, relax.ShapeExpr)):
+            return arg  # prim values (clip bounds), shapes
+        val = self._const(arg)
+        if val is not None:
+            laid = packing.channel_const(val, ref.channels, ref.lanes)
+            return None if laid is None else relax.const(laid)
+        if _shape(arg) == ref.nchw_shape:
+            xin, _ = self._blocked_input(arg, ref.lanes)
+            return xin
+        return None
+
+    def _elementwise(self, var, call) -> bool:
+        ref = next((self.region[a] for a in call.args
+                    if isinstance(a, relax.Var) and a in self.region), None)
+        if ref is None:
+            return False
+        name = call.op.name
+        # requantize's multiplier is laid out along its `axis` attribute, not broadcast
+        conv_args = call.args[:1] if name == _REQUANTIZE else call.args
+        args = [self._region_arg(a, ref) for a in conv_args]
+        if any(a is None for a in args):
+            return False
+        if name == _REQUANTIZE:
+            expr = self._requantize(call, args, ref)
+        elif name == _QADD:
+            expr = self._qadd(call, args, ref)
+        elif name == "relax.nn.max_pool2d":
+            expr = self._max_pool(call, args, ref)
+        else:
+            expr = relax.Call(call.op, args, call.attrs, call.ty_args)
+        if expr is None:
+            return False
+        out_shape = _shape(var)
+        if out_shape is None or len(out_shape) != 4:
+            return False
+        self._record(var, expr, ref.channels, out_shape)
+        return True
+
+    def _requantize(self, call, args, ref):
+        axis = int(_pyval(_attr(call, "axis", 1)))
+        mult = self._const(call.args[1])
+        if mult is None:
+            return None
+        if mult.size > 1:
+            if axis not in (1, -3):
+                return None
+            mult = mult.reshape(1, -1, 1, 1)
+        laid = packing.channel_const(mult.astype(np.float32), ref.channels, ref.lanes)
+        if laid is None:
+            return None
+        out_zp = int(_pyval(_attr(call, "out_zp", 0)))
+        out_dtype = str(_attr(call, "out_dtype", "uint8"))
+        lo = int(_pyval(_attr(call, "clip_min", 0)))
+        hi = int(_pyval(_attr(call, "clip_max", 255)))
+        x = self.builder_.emit(relax.op.astype(args[0], "float32"))
+        x = self.builder_.emit(relax.op.multiply(x, relax.const(laid)))
+        x = self.builder_.emit(relax.op.round(x))
+        x = self.builder_.emit(relax.op.add(x, relax.const(np.float32(out_zp))))
+        x = self.builder_.emit(relax.op.clip(x, lo, hi))
+        return relax.op.astype(x, out_dtype)
+
+    def _qadd(self, call, args, ref):
+        a, b = args
+        if _shape(a) != _shape(b):
+            return None
+        get = lambda k, d=0: _pyval(_attr(call, k, d))  # noqa: E731
+        return self.builder_.call_te(
+            region_ops.qadd, a, b, int(get("a_zp")), float(get("a_mult")), int(get("b_zp")),
+            float(get("b_mult")), int(get("out_zp")), str(_attr(call, "out_dtype", "uint8")),
+            int(get("clip_min", 0)), int(get("clip_max", 255)), primfunc_name_hint="qadd")
+
+    def _max_pool(self, call, args, ref):
+        if str(_attr(call, "layout")) != "NCHW" or str(_attr(call, "out_layout")) != "NCHW":
+            return None
+        lay = f"NCHW{ref.lanes}c"
+        return relax.op.nn.max_pool2d(
+            args[0], [int(x) for x in _attr(call, "pool_size")],
+            [int(x) for x in _attr(call, "strides")], [int(x) for x in _attr(call, "padding")],
+            [int(x) for x in _attr(call, "dilation")], bool(_attr(call, "ceil_mode")),
+            bool(_attr(call, "count_include_pad")), lay, lay)
+
+
+class _Skip(Exception):
+    """An integer op this dispatch leaves alone (reported, not an error)."""
+
+
+def dispatch(mod: tvm.IRModule, spec, *, allow_saturating_fast: bool = True,
+             report: list | None = None, exact_variant: str | None = None) -> tvm.IRModule:
+    """Rewrite the integer ops of `mod` into qcompile x86 int8 kernels for `spec`.
+
+    allow_saturating_fast: on `saturation = "widen"` targets, use the saturating
+    `vpmaddubsw` kernel where the constant weights provably cannot saturate.
+    exact_variant: force "widen" or "widen16" for the exact kernels of those targets
+    (default: chosen per op, see `intrinsics.select`)."""
+    if spec.family != "x86":
+        raise ValueError(f"x86 int8 dispatch called for target {spec.name!r} "
+                         f"(family {spec.family!r})")
+    register_rules()
+    out = _Dispatcher(mod, spec, allow_saturating_fast, report, exact_variant).run()
+    return relax.transform.DeadCodeElimination()(out)
+
+
+def X86Int8Dispatch(spec, allow_saturating_fast: bool = True, report: list | None = None,
+                    exact_variant: str | None = None):
+    """`dispatch` as a module pass."""
+
+    @tvm.transform.module_pass(opt_level=0, name="qcompile.X86Int8Dispatch")
+    def _pass(mod, _ctx):
+        return dispatch(mod, spec, allow_saturating_fast=allow_saturating_fast, report=report,
+                        exact_variant=exact_variant)
+
+    return _pass
+
+
+def fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    """The CPU pipeline's legalize passes: elementwise epilogues fuse into the kernels."""
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])
+    return seq(mod)
+
+
+def lower(mod: tvm.IRModule, spec, database=None, strict: bool = False) -> tvm.IRModule:
+    """Fuse the dispatched module (`fuse`) and schedule its kernels: from a MetaSchedule
+    `database` where it has a record, with the default schedules otherwise. The result goes
+    to `tvm.compile(mod, target=spec.tvm_target())` (whose own legalize passes then find
+    nothing left to do)."""
+    register_rules()
+    mod = fuse(mod)
+    if database is not None:
+        with spec.tvm_target(), database:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return apply_default_schedules(mod, spec, strict=strict)

@@ -1,0 +1,419 @@
+"""Schedules of fused PrimFuncs that contain a qcompile x86 int8 block, and their MetaSchedule
+custom rules.
+
+A fused PrimFunc (after `FuseOps`/`FuseTIR`) holds: optional injective producers (spatial
+padding with the zero point, K padding, run-time packing, a fused layout transform), the
+main reduction block from `compute.py` (annotated ``schedule_rule`` and
+``qcompile.dot_intrin``), and the injective epilogue blocks (bias, requantize, clip,
+residual add, dequantize). `schedule_fused(sch, block, tune)` schedules all of it:
+
+* producers: inlined into each other, the last one computed at the root, parallel and
+  vectorized;
+* main block: tiled into a register micro-kernel (`sample_perfect_tile` knobs), reduction
+  decomposed, the inner `lanes x 4` reduction tensorized with the block's intrinsic, the
+  micro-kernel loops unrolled, the outer spatial loops fused and parallel;
+* epilogue: intermediate blocks inlined into the output block(s), which are
+  `reverse_compute_at` the tile loop (`preserve_unit_loops=True`, or trace replay fails when a
+  tile is 1) and vectorized over the channel lanes, so they run inside the parallel loop on
+  L1-resident accumulators.
+
+With `tune=False` the tile decisions are fixed heuristics (the default, untuned schedule);
+with `tune=True` they are sampled, which is what the MetaSchedule rules registered by
+`register_rules()` (`s_tir.meta_schedule.cpu.<rule>`, picked up through the block's
+``schedule_rule`` annotation by `ApplyCustomRule`) do. Every block the rule scheduled, and the
+root, is then annotated ``schedule_rule = "None"`` so MetaSchedule's generic rules leave the
+function alone.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from . import compute, intrinsics, region_ops
+
+NONE_RULE = "None"
+_RULE_TO_OP = {v: k for k, v in compute.RULES.items()}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _ext(sch: Schedule, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _best_divisor(n: int, limit: int) -> int:
+    return max(d for d in _divisors(n) if d <= max(1, limit))
+
+
+def _num_vregs(lanes: int) -> int:
+    return 32 if lanes >= 16 else 16
+
+
+_ACC_BUDGET = {  # (variant, 32 vector registers?) -> accumulators of the micro-kernel
+    ("vnni", True): 24, ("vnni", False): 12,
+    ("fast", True): 20, ("fast", False): 10,
+    ("widen16", True): 20, ("widen16", False): 8,
+    ("widen", True): 16, ("widen", False): 8,
+}
+
+
+def _acc_budget(info: intrinsics.DotIntrin) -> int:
+    """Accumulator registers of a micro-kernel: the rest hold the broadcast activations,
+    the weight vectors and the widened paths' partial products (more than that spills)."""
+    return _ACC_BUDGET[(info.variant, _num_vregs(info.lanes) == 32)]
+
+
+def _threads() -> int:
+    from qcompile.targets import default_num_threads
+
+    return default_num_threads()
+
+
+def find_main_block(sch: Schedule):
+    """(block, op, intrinsic name or None) of the qcompile block in the current function."""
+    for blk in _all_blocks(sch):
+        ann = sch.get(blk).annotations
+        rule = ann.get("schedule_rule")
+        if rule is not None and str(rule) in _RULE_TO_OP:
+            intrin = ann.get(compute.INTRIN_ATTR)
+            return blk, _RULE_TO_OP[str(rule)], (str(intrin) if intrin is not None else None)
+    return None
+
+
+def _all_blocks(sch: Schedule):
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    return sch.get_child_blocks(root) if root is not None else []
+
+
+def _has_root(sch: Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises a generic error for a missing block
+        return False
+
+
+def _block_name(sch: Schedule, blk) -> str:
+    return sch.get(blk).name_hint
+
+
+def _is_output(sch: Schedule, blk) -> bool:
+    outs = {_block_name(sch, b) for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    return _block_name(sch, blk) in outs
+
+
+def _root_injective(sch: Schedule, blk, threads: int) -> None:
+    """Parallel + vectorized schedule of a spatial block computed at the root: the
+    innermost loops are fused up to 64 elements and vectorized, the rest fused and
+    parallel."""
+    loops = list(sch.get_loops(blk))
+    if not loops:
+        return
+    inner, width = [], 1
+    while loops and width * _ext(sch, loops[-1]) <= 64:
+        width *= _ext(sch, loops[-1])
+        inner.insert(0, loops.pop())
+    if not inner:  # innermost loop longer than 64: split off a vector
+        last = loops.pop()
+        ext = _ext(sch, last)
+        vec = next((v for v in (32, 16, 8, 4) if ext % v == 0), 1)
+        outer, vloop = sch.split(last, [None, vec])
+        loops.append(outer)
+        inner = [vloop]
+    vec_loop = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    if loops:
+        par = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(par)
+    if _ext(sch, vec_loop) > 1:
+        sch.vectorize(vec_loop)
+
+
+def _split_epilogue(sch: Schedule, main):
+    """Inline the injective blocks after `main`; return the remaining consumer blocks."""
+    blocks = _all_blocks(sch)
+    names = [_block_name(sch, b) for b in blocks]
+    main_name = _block_name(sch, main)
+    after = [n for n in names[names.index(main_name) + 1:]]
+    remaining = []
+    for name in after:
+        blk = sch.get_sblock(name)
+        if _is_output(sch, blk):
+            remaining.append(name)
+            continue
+        try:
+            sch.compute_inline(blk)
+        except tvm.error.TVMError:  # not inlinable: keep it as its own epilogue stage
+            remaining.append(name)
+    return [sch.get_sblock(n) for n in remaining]
+
+
+def _prologue(sch: Schedule, main, threads: int) -> list:
+    """Inline producer chains before `main`; schedule the direct producers at the root."""
+    blocks = _all_blocks(sch)
+    names = [_block_name(sch, b) for b in blocks]
+    main_name = _block_name(sch, main)
+    before = names[:names.index(main_name)]
+    direct = {_block_name(sch, p) for p in sch.get_producers(main)}
+    kept = []
+    for name in before:
+        blk = sch.get_sblock(name)
+        if name not in direct:
+            try:
+                sch.compute_inline(blk)
+                continue
+            except tvm.error.TVMError:
+                pass
+        kept.append(name)
+    out = []
+    for name in kept:
+        blk = sch.get_sblock(name)
+        _root_injective(sch, blk, threads)
+        out.append(blk)
+    return out
+
+
+def _place_epilogue(sch: Schedule, epilogue, loop) -> None:
+    for blk in epilogue:
+        sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
+        inner = sch.get_loops(blk)[-1]
+        ext = _ext(sch, inner)
+        if 1 < ext <= 64:
+            sch.vectorize(inner)
+
+
+def _tile(sch: Schedule, loop, n: int, tune: bool, decision: list[int] | None,
+          max_innermost: int):
+    if tune:
+        factors = sch.sample_perfect_tile(loop, n, max_innermost_factor=max_innermost)
+    else:
+        factors = sch.sample_perfect_tile(loop, n, max_innermost_factor=max_innermost,
+                                          decision=decision)
+    return sch.split(loop, factors, preserve_unit_iters=True)
+
+
+def _vectorize_init(sch: Schedule, init) -> None:
+    loops = sch.get_loops(init)
+    inner = loops[-1]
+    if 1 < _ext(sch, inner) <= 64:
+        sch.vectorize(inner)
+
+
+# ------------------------------------------------------------------- tile heuristics
+def _micro_kernel(acc_budget: int, spatial: int, blocks: int, rows: int = 1,
+                  max_spatial: int = 16, max_blocks: int = 4) -> tuple[int, int, int]:
+    """Pick (rows_i, blocks_i, spatial_i) dividing (rows, blocks, spatial), maximizing the
+    number of accumulators `rows_i * blocks_i * spatial_i <= acc_budget`, preferring more
+    output-channel blocks (activation reuse) and fewer rows."""
+    best, key = (1, 1, 1), None
+    for bi in _divisors(blocks):
+        if bi > max_blocks:
+            continue
+        for si in _divisors(spatial):
+            if si > max_spatial:
+                continue
+            for ri in _divisors(rows):
+                if ri > 4:
+                    continue
+                acc = ri * bi * si
+                if acc > acc_budget:
+                    continue
+                k = (acc, bi >= 2, -ri, si)
+                if key is None or k > key:
+                    best, key = (ri, bi, si), k
+    return best
+
+
+# ------------------------------------------------------------------------ op schedules
+def _schedule_conv(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool,
+                   epilogue, threads: int, tiles: dict | None = None) -> None:
+    b, oc, y, x, ob, icc, kh, kw, icq, ic4 = sch.get_loops(main)
+    n_oc, n_y, n_x, n_icc = (_ext(sch, v) for v in (oc, y, x, icc))
+    yi, oci, xi = _micro_kernel(_acc_budget(info), n_x, n_oc, rows=n_y)
+    icci = n_icc
+    if tiles:
+        yi, oci, xi = tiles.get("y", yi), tiles.get("oc", oci), tiles.get("x", xi)
+        icci = tiles.get("icc", icci)
+    oc_o, oc_i = _tile(sch, oc, 2, tune, [n_oc // oci, oci], 8)
+    y_o, y_i = _tile(sch, y, 2, tune, [n_y // yi, yi], 4)
+    x_o, x_i = _tile(sch, x, 2, tune, [n_x // xi, xi], 32)
+    icc_o, icc_i = _tile(sch, icc, 2, tune, [n_icc // icci, icci], 64)
+    sch.reorder(b, oc_o, y_o, x_o, icc_o, kh, kw, icc_i, icq, y_i, oc_i, x_i, ob, ic4)
+    par = sch.fuse(b, oc_o, y_o)
+    sch.parallel(par)
+    _place_epilogue(sch, epilogue, x_o)
+    init = sch.decompose_reduction(main, icc_o)
+    _vectorize_init(sch, init)
+    sch.tensorize(ob, info.name)
+    for lp in (y_i, oc_i, x_i):
+        sch.unroll(lp)
+
+
+def _schedule_depthwise(sch: Schedule, main, tune: bool, epilogue, threads: int) -> None:
+    b, c, y, x, lane, kh, kw = sch.get_loops(main)
+    n_x, n_y = _ext(sch, x), _ext(sch, y)
+    xi = _best_divisor(n_x, 8)
+    y_o, y_i = _tile(sch, y, 2, tune, [n_y, 1], 4)
+    x_o, x_i = _tile(sch, x, 2, tune, [n_x // xi, xi], 16)
+    sch.reorder(b, c, y_o, x_o, y_i, kh, kw, x_i, lane)
+    par = sch.fuse(b, c, y_o)
+    sch.parallel(par)
+    _place_epilogue(sch, epilogue, x_o)
+    sch.vectorize(lane)
+    sch.unroll(x_i)
+    sch.unroll(kw)
+    init = sch.decompose_reduction(main, kh)
+    _vectorize_init(sch, init)
+
+
+def _schedule_matmul(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool, epilogue,
+                     threads: int, tiles: dict | None = None) -> None:
+    loops = sch.get_loops(main)
+    # leading dims (batch, or a dense's extra activation dims) go to the parallel loop;
+    # only the last row dim is tiled (fusing rows first would break blockize's affine maps)
+    spatial, (j, kq, k4) = loops[:-3], loops[-3:]
+    batch, i = spatial[:-1], spatial[-1]
+    bt = (sch.fuse(*batch) if len(batch) > 1 else batch[0]) if batch else None
+    lanes = info.lanes
+    n_i, n_j, n_kq = _ext(sch, i), _ext(sch, j) // lanes, _ext(sch, kq)
+    ii, ji, _ = _micro_kernel(_acc_budget(info), 1, n_j, rows=n_i, max_blocks=4)
+    kqi = n_kq
+    if tiles:
+        ii, ji, kqi = tiles.get("i", ii), tiles.get("j", ji), tiles.get("kq", kqi)
+    jb, lane_loop = sch.split(j, [None, lanes])
+    jb_o, jb_i = _tile(sch, jb, 2, tune, [n_j // ji, ji], 8)
+    i_o, i_i = _tile(sch, i, 2, tune, [n_i // ii, ii], 8)
+    kq_o, kq_i = _tile(sch, kq, 2, tune, [n_kq // kqi, kqi], 256)
+    # keep the larger operand's tile resident: with more weight than activation rows (a
+    # dense layer's [K, N] weight vs a few rows), sweep all rows for each column block
+    weight_elems, act_elems = n_j * lanes * n_kq * 4, n_i * n_kq * 4
+    cols_outer = weight_elems >= act_elems
+    if tiles and "cols_outer" in tiles:
+        cols_outer = bool(tiles["cols_outer"])
+    outer = ([bt] if bt is not None else []) + ([jb_o, i_o] if cols_outer else [i_o, jb_o])
+    sch.reorder(*outer, kq_o, kq_i, i_i, jb_i, lane_loop, k4)
+    par = sch.fuse(*outer)
+    sch.parallel(par)
+    _place_epilogue(sch, epilogue, par)
+    init = sch.decompose_reduction(main, kq_o)
+    _vectorize_init(sch, init)
+    sch.tensorize(lane_loop, info.name)
+    sch.unroll(i_i)
+    sch.unroll(jb_i)
+
+
+# --------------------------------------------------------------------------- entry points
+def schedule_fused(sch: Schedule, block=None, tune: bool = False,
+                   tiles: dict | None = None) -> Schedule:
+    """Schedule the whole fused PrimFunc that `sch` works on around its qcompile block.
+    `tiles` overrides default tile decisions (conv: y, oc, x, icc; matmul: i, j, kq)."""
+    found = find_main_block(sch)
+    if found is None:
+        raise ValueError("no qcompile int8 block (schedule_rule annotation) in this function")
+    main, op, intrin = found
+    threads = _threads()
+    _prologue(sch, main, threads)
+    epilogue = _split_epilogue(sch, main)
+    if op == "conv2d":
+        _schedule_conv(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
+    elif op == "depthwise":
+        _schedule_depthwise(sch, main, tune, epilogue, threads)
+    elif op in ("dense", "batch_matmul"):
+        _schedule_matmul(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
+    else:  # pragma: no cover
+        raise ValueError(op)
+    # keep MetaSchedule's generic rules (AutoInline, MultiLevelTiling, the root's
+    # ParallelizeVectorizeUnroll, ...) off this function: it is fully scheduled
+    for blk in _all_blocks(sch) + [sch.get_sblock("root")]:
+        sch.annotate(blk, "schedule_rule", NONE_RULE)
+    return sch
+
+
+def _rule(sch: Schedule, block) -> list[Schedule]:
+    schedule_fused(sch, block, tune=True)
+    return [sch]
+
+
+@functools.lru_cache(maxsize=None)
+def register_rules() -> tuple[str, ...]:
+    """Register the MetaSchedule custom rules `s_tir.meta_schedule.cpu.<rule>` and the
+    intrinsics they tensorize with (also needed before opening a tuning database)."""
+    intrinsics.register_all()
+    names = []
+    for rule in compute.RULES.values():
+        name = f"s_tir.meta_schedule.cpu.{rule}"
+        tvm.register_global_func(name, _rule, override=True)
+        names.append(name)
+    return tuple(names)
+
+
+def has_qcompile_block(func) -> bool:
+    """Whether a PrimFunc holds a block annotated with one of our schedule rules."""
+    if not isinstance(func, tirx.PrimFunc):
+        return False
+    if not any(rule in str(func) for rule in _RULE_TO_OP):
+        return False
+    return find_main_block(Schedule(tvm.IRModule({"main": func}))) is not None
+
+
+def default_schedule(func: tirx.PrimFunc, tiles: dict | None = None) -> tirx.PrimFunc:
+    """The deterministic default schedule of one fused PrimFunc (marked scheduled)."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    schedule_fused(sch, tune=False, tiles=tiles)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def _is_layout_transform(func) -> bool:
+    return isinstance(func, tirx.PrimFunc) and region_ops.LAYOUT_ATTR in str(func)
+
+
+def default_injective_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Parallel + vectorized schedule for a PrimFunc of spatial blocks (layout transforms)."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    threads = _threads()
+    for blk in _all_blocks(sch)[:-1]:  # fused producers (e.g. the input quantize): inline
+        try:
+            sch.compute_inline(blk)
+        except tvm.error.TVMError:
+            pass
+    for blk in _all_blocks(sch):
+        _root_injective(sch, blk, threads)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False
+                            ) -> tvm.IRModule:
+    """Schedule every not yet scheduled PrimFunc of `mod` that contains a qcompile int8
+    block (the untuned build), and give the stand-alone region-border layout transforms a
+    parallel schedule. `spec` is accepted for symmetry with the dispatch: each block records
+    its tensor intrinsic, so it is not needed here. A function whose structure the schedule
+    does not expect is left unscheduled (correct, slow) with a warning, or raises when
+    `strict`."""
+    intrinsics.register_all()
+    updates = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or (
+                func.attrs and func.attrs.get("tir.is_scheduled")):
+            continue
+        try:
+            if has_qcompile_block(func):
+                updates[gv] = default_schedule(func)
+            elif _is_layout_transform(func):
+                updates[gv] = default_injective_schedule(func)
+        except (tvm.error.TVMError, ValueError) as err:
+            if strict:
+                raise
+            warnings.warn(f"qcompile: no x86 int8 schedule for {gv.name_hint} "
+                          f"(left unscheduled): {str(err).splitlines()[-1]}", stacklevel=2)
+    if not updates:
+        return mod
+    mod = mod.clone()
+    for gv, func in updates.items():
+        mod.update_func(gv, func)
+    return mod

@@ -1,0 +1,720 @@
+"""x86 int8 kernels: every template x every target code path, bit-exact against numpy.
+
+Code paths: `vpdpbusd.512` (avx512-vnni), `vpdpbusd.256` (avx2-vnni), and for the
+`vpmaddubsw` targets (avx512, avx2, sse4.2) the exact widened variant and the saturating
+fast variant (dispatched only for weights proven not to saturate). Paths whose CPU flags
+this machine lacks are cross-compiled: LLVM must verify them and their object code must
+hold the expected instructions; their numerics tests are skipped with the missing flags
+named. Integer results must be bit-exact; requantized results too (the kernels perform the
+reference's f32 operations one by one, and the quantized add fences its products against
+FMA contraction) -- the only tolerated difference is the documented 1 LSB of an *unfenced*
+residual add written with plain Relax ops, where LLVM contracts `x * a + y * b` into an FMA.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from qcompile import targets
+from qcompile.relay_passes import x86_int8_dispatch as disp
+from qcompile.schedules.x86 import compute, intrinsics, packing, schedule
+
+try:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+TARGETS = targets.all_targets()
+# (target, variant): every code path of the x86 int8 kernels
+PATHS = [(t, v) for t in ("avx2", "sse4.2", "avx512") for v in ("widen", "widen16", "fast")]
+PATHS += [("avx512-vnni", "vnni"), ("avx2-vnni", "vnni")]
+RNG = np.random.default_rng(20261122)
+
+# instructions that must appear in each path's object code
+ASM_EXPECT = {
+    ("avx512-vnni", "vnni"): [("vpdpbusd", "zmm")],
+    ("avx2-vnni", "vnni"): [("vpdpbusd", "ymm")],
+    ("avx512", "widen"): [("vpmaddwd", "zmm")],
+    ("avx512", "widen16"): [("vpmaddwd", "zmm")],
+    ("avx512", "fast"): [("vpmaddubsw", "zmm"), ("vpmaddwd", "zmm")],
+    ("avx2", "widen"): [("vpmaddwd", "ymm")],
+    ("avx2", "widen16"): [("vpmaddwd", "ymm")],
+    ("avx2", "fast"): [("vpmaddubsw", "ymm"), ("vpmaddwd", "ymm")],
+    ("sse4.2", "widen"): [("pmaddwd", "xmm")],
+    ("sse4.2", "widen16"): [("pmaddwd", "xmm")],
+    ("sse4.2", "fast"): [("pmaddubsw", "xmm"), ("pmaddwd", "xmm")],
+}
+
+
+def skip_unless_runnable(spec):
+    if not spec.runnable_here():
+        pytest.skip(f"numerics of target {spec.name!r} not run here: this CPU lacks "
+                    f"{', '.join(spec.missing_flags()) or 'an x86-64 ISA'} "
+                    "(cross-compiled and checked at the object-code level instead)")
+
+
+# ------------------------------------------------------------------ numpy reference
+def conv_ref(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), pad_value=0,
+             groups=1):
+    n, c, h, wd = x.shape
+    oc, icg, kh, kw = w.shape
+    t, l, b, r = padding
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (t, b), (l, r)),
+                constant_values=pad_value)
+    sh, sw = strides
+    dh, dw = dilation
+    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
+    ow = (wd + l + r - (kw - 1) * dw - 1) // sw + 1
+    out = np.zeros((n, oc, oh, ow), np.int64)
+    ocg = oc // groups
+    for g in range(groups):
+        xs = xp[:, g * icg:(g + 1) * icg]
+        ws = w[g * ocg:(g + 1) * ocg].astype(np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                win = xs[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh,
+                         j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                out[:, g * ocg:(g + 1) * ocg] += np.einsum("nchw,oc->nohw", win, ws[:, :, i, j])
+    return out.astype(np.int32)
+
+
+def requant_ref(acc, mult, zp, lo, hi, dtype, axis_shape):
+    f = acc.astype(np.float32) * mult.astype(np.float32).reshape(axis_shape)
+    return np.clip(np.round(f) + np.float32(zp), lo, hi).astype(dtype)
+
+
+def qadd_ref(a, b, a_zp, a_mult, b_zp, b_mult, out_zp, lo, hi, dtype):
+    xa = (a.astype(np.int32) - a_zp).astype(np.float32) * np.float32(a_mult)
+    xb = (b.astype(np.int32) - b_zp).astype(np.float32) * np.float32(b_mult)
+    return np.clip(np.round(xa + xb) + np.float32(out_zp), lo, hi).astype(dtype)
+
+
+# ------------------------------------------------------------------ graph builders
+def emit_requant(bb, acc, bias, mult, zp, lo=0, hi=255, dtype="uint8", cshape=(1, -1, 1, 1)):
+    y = acc
+    if bias is not None:
+        y = bb.emit(relax.op.add(acc, relax.const(bias.reshape(cshape))))
+    f = bb.emit(relax.op.astype(y, "float32"))
+    f = bb.emit(relax.op.multiply(f, relax.const(mult.astype(np.float32).reshape(cshape))))
+    f = bb.emit(relax.op.round(f))
+    f = bb.emit(relax.op.add(f, relax.const(np.float32(zp))))
+    f = bb.emit(relax.op.clip(f, lo, hi))
+    return bb.emit(relax.op.astype(f, dtype))
+
+
+def weights(shape, variant, extremes=True):
+    """s8 weights for a code path: full range with -128/-127/127 extremes, or 7-bit-safe
+    pairs for the saturating fast path (|w| <= 64 puts every pair sum within s16)."""
+    if variant == "fast":
+        w = RNG.integers(-64, 65, shape)
+        if extremes:
+            w.flat[0:4] = [64, 64, -64, -64]
+    else:
+        w = RNG.integers(-128, 128, shape)
+        if extremes:
+            w.flat[0:6] = [-128, -128, -127, -127, 127, 127]
+    return w.astype(np.int8)
+
+
+def activations(shape, zp_extreme=True):
+    x = RNG.integers(0, 256, shape).astype(np.uint8)
+    if zp_extreme:
+        x.reshape(-1)[: max(1, x.size // 4)] = 255
+    return x
+
+
+def build(mod, spec, expect_variants=None, allow_fast=True, variant=None):
+    """Dispatch + fuse + default schedules + compile. `variant` "widen"/"widen16" forces
+    that exact kernel (otherwise the dispatch picks per op)."""
+    report = []
+    exact = variant if variant in ("widen", "widen16") else None
+    out = disp.dispatch(mod, spec, allow_saturating_fast=allow_fast, report=report,
+                        exact_variant=exact)
+    kernels = [r for r in report if "left_alone" not in r]
+    if expect_variants is not None:
+        assert kernels, report
+        got = {r["variant"] for r in kernels if r["intrinsic"]}
+        assert got <= set(expect_variants), (got, expect_variants, report)
+    lowered = disp.lower(out, spec, strict=True)
+    ex = tvm.compile(lowered, target=spec.tvm_target())
+    return ex, out, report
+
+
+def run(ex, *args):
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    res = vm["main"](*[tvm.runtime.tensor(a) for a in args])
+    return res.numpy()
+
+
+def object_code(ex) -> str:
+    """The assembly of every LLVM module a (Relax VM) executable carries."""
+    mods = ex.mod._collect_from_import_tree(lambda m: m.kind == "llvm")
+    return "\n".join(m.inspect_source("asm") for m in mods)
+
+
+def check_asm(ex, path):
+    asm = object_code(ex)
+    lines = asm.splitlines()
+    for instr, reg in ASM_EXPECT[path]:
+        hits = [ln for ln in lines if instr in ln.split("#")[0] and reg in ln]
+        assert hits, f"{path}: no `{instr}` on {reg} registers in the object code"
+    if path[1].startswith("widen"):
+        assert not any("pmaddubsw" in ln for ln in lines), "widened path uses vpmaddubsw"
+    if path == ("avx2-vnni", "vnni"):
+        assert "zmm" not in asm, "AVX-VNNI code must not touch zmm registers"
+        assert all("{vex}" in ln for ln in lines if "vpdpbusd" in ln), \
+            "AVX-VNNI needs the VEX encoding ({vex} vpdpbusd), not EVEX (AVX512-VNNI)"
+
+
+# ------------------------------------------------------------------ intrinsic level
+def test_weights_fit_s16_pairs_boundaries():
+    ok = intrinsics.weights_fit_s16_pairs
+    assert ok(np.array([[64, 64, -64, -64]]))
+    assert ok(np.array([[127, 1, -128, 0]]))
+    assert not ok(np.array([[127, 2, 0, 0]]))      # 255 * 129 = 32895 > 32767
+    assert not ok(np.array([[0, 0, -128, -1]]))    # 255 * -129 < -32768
+    assert ok(np.array([[127, -128, 127, -128]]))  # mixed signs never add up
+
+
+def test_select_follows_target_data():
+    for spec in TARGETS.values():
+        if spec.family != "x86":
+            continue
+        exact = intrinsics.select(spec.int8, weights_safe=False)
+        assert exact.exact and exact.lanes == spec.int8.lanes
+        assert exact.kind == spec.int8.dot_product
+        fast = intrinsics.select(spec.int8, weights_safe=True)
+        if spec.int8.saturation == "none":
+            assert fast is exact
+        else:
+            assert fast.variant == "fast" and not fast.exact
+
+
+def test_unpacked_weight_is_a_build_error():
+    """The intrinsics declare their buffers' strides: tensorizing a window of an unpacked
+    [N, K] weight (stride K, not 4) must fail to build, not compute garbage (the wheel's
+    `dot_16x4_vnni` declares none and silently does the latter)."""
+    from tvm import te
+
+    info = intrinsics.get("pmaddubsw.256", "fast")
+    a = te.placeholder((4, 64), "uint8", name="a")
+    w = te.placeholder((16, 64), "int8", name="w")
+    kq, k4 = te.reduce_axis((0, 16), "kq"), te.reduce_axis((0, 4), "k4")
+    c = te.compute((4, 16), lambda i, j: te.sum(
+        a[i, kq * 4 + k4].astype("int32") * w[j, kq * 4 + k4].astype("int32"),
+        axis=[kq, k4]), name="c")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, w, c]))
+    blk = sch.get_sblock("c")
+    i, j, kq_l, k4_l = sch.get_loops(blk)
+    jo, ji = sch.split(j, [None, 8])
+    sch.reorder(i, jo, kq_l, ji, k4_l)
+    sch.decompose_reduction(blk, kq_l)
+    sch.tensorize(ji, info.name)
+    with pytest.raises(Exception, match="strides"):
+        tvm.compile(sch.mod, target=TARGETS["avx2"].tvm_target())
+
+
+def _dense_module(m, k, n, w, epilogue=None, lead=()):
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(lead + (m, k), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.matmul(x, relax.const(w), out_dtype="int32"))
+            out = epilogue(bb, acc) if epilogue else acc
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("target", ["avx2", "sse4.2"])
+def test_no_silent_saturation_255_x_minus128(target):
+    """255 x -128/-127/127 everywhere: the widened path is exact; the same weights through
+    the fast (saturating) intrinsic are not -- so the test can see saturation."""
+    spec = TARGETS[target]
+    skip_unless_runnable(spec)
+    m, k, n = 8, 64, 2 * spec.int8.lanes
+    x = np.full((m, k), 255, np.uint8)
+    w = np.where(RNG.random((k, n)) < 0.5, -128, 127).astype(np.int8)
+    w[:, 1] = -127
+    ref = x.astype(np.int64) @ w.astype(np.int64)
+    ex, _, report = build(_dense_module(m, k, n, w), spec, expect_variants={"widen"})
+    np.testing.assert_array_equal(run(ex, x), ref)
+    # the same kernel forced onto the saturating intrinsic must differ (saturation is real)
+    fast = intrinsics.get(spec.int8.dot_product, "fast")
+    got = _run_dense_direct(spec, fast, x, w)
+    assert not np.array_equal(got, ref)
+    # ... and at the proven-safe boundary (pair sums 255*128) the fast path is exact
+    wsafe = np.tile(np.array([[127], [1], [-128], [0]], np.int8), (k // 4, n))
+    assert intrinsics.weights_fit_s16_pairs(packing.dense_blocks(wsafe, fast.lanes))
+    np.testing.assert_array_equal(_run_dense_direct(spec, fast, x, wsafe),
+                                  x.astype(np.int64) @ wsafe.astype(np.int64))
+
+
+def _run_dense_direct(spec, info, x, w):
+    from tvm import te
+
+    a = te.placeholder(x.shape, "uint8", name="a")
+    packed = packing.pack_dense(w, info)
+    wt = te.placeholder(packed.shape, info.weight_dtype, name="w")
+    c = compute.dense_packed(a, wt, info.name, w.shape[1])
+    func = te.create_prim_func([a, wt, c])
+    func = schedule.default_schedule(func)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=spec.tvm_target())
+    out = tvm.runtime.tensor(np.zeros((x.shape[0], w.shape[1]), np.int32))
+    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), out)
+    return out.numpy()
+
+
+# ------------------------------------------------------------------ every template x path
+_CACHE: dict = {}
+
+
+def _conv_case(path):
+    """3x3, stride 1, zero point 255 padding via R.nn.pad, C not a multiple of 16,
+    requantize to u8 with a ReLU clip."""
+    if ("conv", path) in _CACHE:
+        return _CACHE[("conv", path)]
+    spec = TARGETS[path[0]]
+    n, ic, h, wd, oc = 1, 20, 9, 11, 24
+    zp = 255
+    x = activations((n, ic, h, wd))
+    w = weights((oc, ic, 3, 3), path[1])
+    bias = RNG.integers(-20000, 20000, oc).astype(np.int32)
+    mult = (RNG.random(oc) * 2e-4 + 1e-5).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, 1, 1, 1, 1), pad_value=float(zp)))
+            acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), out_dtype="int32"))
+            out = bb.emit_output(emit_requant(bb, acc, bias, mult, 3, lo=3))
+        bb.emit_func_output(out)
+    ex, _, _ = build(bb.get(), spec, expect_variants={path[1]}, variant=path[1])
+    acc_ref = conv_ref(x, w, padding=(1, 1, 1, 1), pad_value=zp)
+    ref = requant_ref(acc_ref + bias.reshape(1, -1, 1, 1), mult, 3, 3, 255, np.uint8,
+                      (1, -1, 1, 1))
+    _CACHE[("conv", path)] = (spec, ex, (x,), ref)
+    return _CACHE[("conv", path)]
+
+
+def _dense_case(path):
+    """[2, 5, 36] x [36, 40] (K and N not multiples of the blocks) -> requantize to s8."""
+    if ("dense", path) in _CACHE:
+        return _CACHE[("dense", path)]
+    spec = TARGETS[path[0]]
+    m, k, n = 5, 36, 40
+    x = activations((2, m, k))
+    w = weights((k, n), path[1])
+    bias = RNG.integers(-3000, 3000, n).astype(np.int32)
+    mult = (RNG.random(n) * 1e-3).astype(np.float32)
+    mod = _dense_module(m, k, n, w, lead=(2,), epilogue=lambda bb, acc: emit_requant(
+        bb, acc, bias, mult, 0, lo=-128, hi=127, dtype="int8", cshape=(-1,)))
+    ex, _, _ = build(mod, spec, expect_variants={path[1]}, variant=path[1])
+    acc = (x.astype(np.int64) @ w.astype(np.int64)).astype(np.int32) + bias
+    ref = requant_ref(acc, mult, 0, -128, 127, np.int8, (-1,))
+    _CACHE[("dense", path)] = (spec, ex, (x,), ref)
+    return _CACHE[("dense", path)]
+
+
+def _bmm_case(path):
+    """Attention-style Q x K^T: u8 [2, 3, 7, 20] x s8 permute_dims([2, 3, 9, 20]) -> s32."""
+    if ("bmm", path) in _CACHE:
+        return _CACHE[("bmm", path)]
+    spec = TARGETS[path[0]]
+    a = activations((2, 3, 7, 20))
+    b = RNG.integers(-128, 128, (2, 3, 9, 20)).astype(np.int8)
+    b.flat[:8] = -128
+    bb = relax.BlockBuilder()
+    av = relax.Var("a", relax.TensorType(a.shape, "uint8"))
+    bv = relax.Var("b", relax.TensorType(b.shape, "int8"))
+    with bb.function("main", [av, bv]):
+        with bb.dataflow():
+            bt = bb.emit(relax.op.permute_dims(bv, [0, 1, 3, 2]))
+            out = bb.emit_output(relax.op.matmul(av, bt, out_dtype="int32"))
+        bb.emit_func_output(out)
+    ex, _, _ = build(bb.get(), spec, expect_variants={path[1]}, variant=path[1])
+    ref = np.einsum("bhmk,bhnk->bhmn", a.astype(np.int64), b.astype(np.int64))
+    _CACHE[("bmm", path)] = (spec, ex, (a, b), ref)
+    return _CACHE[("bmm", path)]
+
+
+CASES = {"conv2d": _conv_case, "dense": _dense_case, "batch_matmul": _bmm_case}
+
+
+# every template x code path; a run-time right operand (batch-matmul) is never proven
+# safe for the saturating kernel, so that combination does not exist
+TEMPLATE_PATHS = [pytest.param(t, p, id=f"{t}-{p[0]}-{p[1]}") for t in sorted(CASES)
+                  for p in PATHS if not (t == "batch_matmul" and p[1] == "fast")]
+
+
+@pytest.mark.parametrize("template,path", TEMPLATE_PATHS)
+def test_template_object_code(template, path):
+    """LLVM verifies the build and the object code uses the path's instructions."""
+    _, ex, _, _ = CASES[template](path)
+    check_asm(ex, path)
+
+
+@pytest.mark.parametrize("template,path", TEMPLATE_PATHS)
+def test_template_numerics(template, path):
+    spec = TARGETS[path[0]]
+    skip_unless_runnable(spec)
+    _, ex, args, ref = CASES[template](path)
+    np.testing.assert_array_equal(run(ex, *args), ref)
+
+
+DW_TARGETS = ["avx2", "sse4.2", "avx512", "avx512-vnni"]
+
+
+@pytest.mark.parametrize("target", DW_TARGETS)
+def test_depthwise(target):
+    """Depthwise 3x3 stride 2, C=20 (not a multiple of the lanes), zp padding 7."""
+    spec = TARGETS[target]
+    c, h, wd = 20, 12, 9
+    x = activations((1, c, h, wd))
+    w = weights((c, 1, 3, 3), "widen")
+    bias = RNG.integers(-500, 500, c).astype(np.int32)
+    mult = (RNG.random(c) * 2e-3).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, 1, 1, 1, 1), pad_value=7.0))
+            acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), strides=(2, 2), groups=c,
+                                             out_dtype="int32"))
+            out = bb.emit_output(emit_requant(bb, acc, bias, mult, 9))
+        bb.emit_func_output(out)
+    ex, _, report = build(bb.get(), spec)
+    assert [r["kernel"] for r in report] == ["depthwise_nchwc"]
+    skip_unless_runnable(spec)
+    acc = conv_ref(x, w, strides=(2, 2), padding=(1, 1, 1, 1), pad_value=7, groups=c)
+    ref = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8,
+                      (1, -1, 1, 1))
+    np.testing.assert_array_equal(run(ex, x), ref)
+
+
+# ------------------------------------------------------------------ conv shapes (run here)
+CONV_SHAPES = {
+    # name: (ic, oc, h, w, k, stride, pad, dilation, zp, epilogue)
+    "stem7x7_ic3_s2": (3, 16, 20, 18, 7, 2, 3, 1, 0, "requant_u8"),
+    "1x1_s2_dequant": (16, 32, 9, 9, 1, 2, 0, 1, 0, "dequant_f32"),
+    "3x3_dil2_s8": (8, 12, 11, 10, 3, 1, 2, 2, 0, "requant_s8"),
+    "3x3_s2_zp255_int32": (12, 8, 7, 9, 3, 2, 1, 1, 255, "int32"),
+    "1x1_c17_zp0": (17, 17, 5, 6, 1, 1, 0, 1, 0, "requant_u8"),
+}
+
+
+def _conv_module(x, w, bias, mult, stride, pad, dil, zp, epilogue, out_zp=4):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            data, conv_pad = xv, (pad, pad)
+            if zp and pad:
+                data = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, pad, pad, pad, pad),
+                                               pad_value=float(zp)))
+                conv_pad = (0, 0)
+            acc = bb.emit(relax.op.nn.conv2d(data, relax.const(w), strides=(stride, stride),
+                                             padding=conv_pad, dilation=(dil, dil),
+                                             out_dtype="int32"))
+            if epilogue == "int32":
+                out = acc
+            elif epilogue == "dequant_f32":
+                y = bb.emit(relax.op.add(acc, relax.const(bias.reshape(1, -1, 1, 1))))
+                f = bb.emit(relax.op.astype(y, "float32"))
+                out = bb.emit(relax.op.multiply(f, relax.const(mult.reshape(1, -1, 1, 1))))
+            elif epilogue == "requant_s8":
+                out = emit_requant(bb, acc, bias, mult, -3, -128, 127, "int8")
+            else:
+                out = emit_requant(bb, acc, bias, mult, out_zp)
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _conv_expected(x, w, bias, mult, stride, pad, dil, zp, epilogue, out_zp=4):
+    acc = conv_ref(x, w, (stride, stride), (pad,) * 4, (dil, dil), zp)
+    cs = (1, -1, 1, 1)
+    if epilogue == "int32":
+        return acc
+    if epilogue == "dequant_f32":
+        return (acc + bias.reshape(cs)).astype(np.float32) * mult.reshape(cs)
+    if epilogue == "requant_s8":
+        return requant_ref(acc + bias.reshape(cs), mult, -3, -128, 127, np.int8, cs)
+    return requant_ref(acc + bias.reshape(cs), mult, out_zp, 0, 255, np.uint8, cs)
+
+
+@pytest.mark.parametrize("name", sorted(CONV_SHAPES))
+def test_conv_shapes_avx2(name):
+    spec = TARGETS["avx2"]
+    skip_unless_runnable(spec)
+    ic, oc, h, wd, k, stride, pad, dil, zp, epi = CONV_SHAPES[name]
+    x = activations((1, ic, h, wd))
+    w = weights((oc, ic, k, k), "widen")
+    bias = RNG.integers(-5000, 5000, oc).astype(np.int32)
+    mult = (RNG.random(oc) * 1e-3).astype(np.float32)
+    mod = _conv_module(x, w, bias, mult, stride, pad, dil, zp, epi)
+    ex, _, _ = build(mod, spec, expect_variants={"widen", "widen16"})
+    ref = _conv_expected(x, w, bias, mult, stride, pad, dil, zp, epi)
+    np.testing.assert_array_equal(run(ex, x), ref)
+
+
+def test_stem_uses_nchw4c_data():
+    """A 3-channel input is padded to 4 channels (NCHW4c), not to the 8/16 lanes."""
+    spec = TARGETS["avx512-vnni"]
+    x = np.zeros((1, 3, 16, 16), np.uint8)
+    w = weights((16, 3, 7, 7), "vnni")
+    mod = _conv_module(x, w, None, None, 2, 3, 1, 0, "int32")
+    out = disp.dispatch(mod, spec)
+    assert 'R.Tensor((1, 1, 16, 16, 4), dtype="uint8")' in out["main"].script()
+    kernel = out["qconv2d_nchwc"].script()  # weight [OC/16, IC/4, 7, 7, 4/4, 16, 4]
+    assert "T.int64(1), T.int64(1), T.int64(7), T.int64(7), T.int64(1), T.int64(16), " \
+        "T.int64(4)), \"int8\"" in kernel
+
+
+# ------------------------------------------------------------------ regions and epilogues
+def qcompile_op(name: str):
+    """The `qcompile.requantize` / `qcompile.qadd` op: from qcompile/ops.py when it exists,
+    else a stand-in with only type inference (registered at priority 1, so the real
+    registration, if imported later in the process, overrides it)."""
+    try:
+        import qcompile.ops  # noqa: F401  (registers the real ops)
+    except ImportError:
+        pass
+    try:
+        return tvm.ir.Op.get(name)
+    except Exception:  # noqa: BLE001
+        def infer(call, ctx):
+            return relax.TensorType(call.args[0].ty.shape, str(call.attrs["out_dtype"]))
+
+        tvm.ir._ffi_api.RegisterOpAttr(name, "FInferType", infer, 1)
+        tvm.ir._ffi_api.RegisterOpAttr(name, "FPurity", True, 1)
+        return tvm.ir.Op.get(name)
+
+
+def _block_graph(x, w1, w2, b1, m1, b2, m2, custom_ops: bool):
+    """conv3x3 -> requant -> conv1x1 -> requant -> residual add (with the first output)
+    -> max-pool: one NCHW[L]c region, transformed only at its entry and exit. With
+    `custom_ops` the requantizes and the add are `qcompile.requantize` / `qcompile.qadd`."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+
+    def requant(acc, bias, mult, zp, lo):
+        if not custom_ops:
+            return emit_requant(bb, acc, bias, mult, zp, lo=lo)
+        y = bb.emit(relax.op.add(acc, relax.const(bias.reshape(1, -1, 1, 1))))
+        attrs = tvm.ir.make_node("ir.DictAttrs", axis=1, out_zp=zp, out_dtype="uint8",
+                                 clip_min=lo, clip_max=255)
+        return bb.emit(relax.Call(qcompile_op("qcompile.requantize"), [y, relax.const(mult)],
+                                  attrs))
+
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, 1, 1, 1, 1), pad_value=2.0))
+            a1 = bb.emit(relax.op.nn.conv2d(p, relax.const(w1), out_dtype="int32"))
+            q1 = requant(a1, b1, m1, 2, 2)
+            a2 = bb.emit(relax.op.nn.conv2d(q1, relax.const(w2), out_dtype="int32"))
+            q2 = requant(a2, b2, m2, 6, 0)
+            if custom_ops:
+                attrs = tvm.ir.make_node("ir.DictAttrs", a_zp=6, a_mult=0.75, b_zp=2,
+                                         b_mult=0.5, out_zp=1, out_dtype="uint8", clip_min=1,
+                                         clip_max=255)
+                s = bb.emit(relax.Call(qcompile_op("qcompile.qadd"), [q2, q1], attrs))
+            else:  # the same math in plain Relax ops (LLVM may contract it into an FMA)
+                fa = bb.emit(relax.op.astype(relax.op.subtract(
+                    relax.op.astype(q2, "int32"), relax.const(np.int32(6))), "float32"))
+                fb = bb.emit(relax.op.astype(relax.op.subtract(
+                    relax.op.astype(q1, "int32"), relax.const(np.int32(2))), "float32"))
+                t = bb.emit(relax.op.add(relax.op.multiply(fa, relax.const(np.float32(0.75))),
+                                         relax.op.multiply(fb, relax.const(np.float32(0.5)))))
+                t = bb.emit(relax.op.add(relax.op.round(t), relax.const(np.float32(1))))
+                s = bb.emit(relax.op.astype(relax.op.clip(t, 1, 255), "uint8"))
+            mp = bb.emit(relax.op.nn.max_pool2d(s, (2, 2), (2, 2)))
+            out = bb.emit_output(mp)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _block_expected(x, w1, w2, b1, m1, b2, m2):
+    cs = (1, -1, 1, 1)
+    q1 = requant_ref(conv_ref(x, w1, padding=(1,) * 4, pad_value=2) + b1.reshape(cs), m1, 2,
+                     2, 255, np.uint8, cs)
+    q2 = requant_ref(conv_ref(q1, w2) + b2.reshape(cs), m2, 6, 0, 255, np.uint8, cs)
+    s = qadd_ref(q2, q1, 6, 0.75, 2, 0.5, 1, 1, 255, np.uint8)
+    n, c, h, w = s.shape
+    return s.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+@pytest.mark.parametrize("custom_ops", [True, False], ids=["qcompile-ops", "relax-ops"])
+def test_region_residual_maxpool(custom_ops):
+    spec = TARGETS["avx2"]
+    c = 12
+    x = activations((1, c, 8, 10))
+    w1 = weights((c, c, 3, 3), "widen")
+    w2 = weights((c, c, 1, 1), "widen")
+    b1, b2 = (RNG.integers(-4000, 4000, c).astype(np.int32) for _ in range(2))
+    m1, m2 = ((RNG.random(c) * 2e-3).astype(np.float32) for _ in range(2))
+    mod = _block_graph(x, w1, w2, b1, m1, b2, m2, custom_ops)
+    out = disp.dispatch(mod, spec)
+    text = out["main"].script()
+    assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
+    assert "NCHW8c" in text  # the max-pool stays in the region
+    skip_unless_runnable(spec)
+    ex = tvm.compile(disp.lower(out, spec, strict=True), target=spec.tvm_target())
+    got = run(ex, x)
+    ref = _block_expected(x, w1, w2, b1, m1, b2, m2)
+    if custom_ops:  # requantize expanded, qadd fenced: bit-exact
+        np.testing.assert_array_equal(got, ref)
+    else:
+        assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_dense_dequant_and_relu_clip():
+    """Dense with bias + dequantize to f32 (exact: one f32 multiply), and a ReLU-clip."""
+    spec = TARGETS["avx2"]
+    skip_unless_runnable(spec)
+    m, k, n = 16, 64, 24
+    x = activations((m, k))
+    w = weights((k, n), "widen")
+    bias = RNG.integers(-2000, 2000, n).astype(np.int32)
+    scale = (RNG.random(n) * 1e-2).astype(np.float32)
+
+    def epi(bb, acc):
+        y = bb.emit(relax.op.add(acc, relax.const(bias)))
+        f = bb.emit(relax.op.multiply(relax.op.astype(y, "float32"), relax.const(scale)))
+        return bb.emit(relax.op.clip(f, 0.0, 6.0))
+
+    ex, _, _ = build(_dense_module(m, k, n, w, epi), spec, expect_variants={"widen"})
+    acc = (x.astype(np.int64) @ w.astype(np.int64)).astype(np.int32) + bias
+    ref = np.clip(acc.astype(np.float32) * scale, 0, 6)
+    np.testing.assert_array_equal(run(ex, x), ref)
+
+
+def test_fast_variant_dispatched_only_for_safe_weights():
+    spec = TARGETS["avx2"]
+    safe = weights((64, 16), "fast")
+    unsafe = safe.copy()
+    unsafe[0, 0], unsafe[1, 0] = 127, 2
+    for w, want in ((safe, "fast"), (unsafe, "widen")):
+        report = []
+        disp.dispatch(_dense_module(4, 64, 16, w), spec, report=report)
+        assert report[0]["variant"] == want, report
+    report = []
+    disp.dispatch(_dense_module(4, 64, 16, safe), spec, allow_saturating_fast=False,
+                  report=report)
+    assert report[0]["variant"] == "widen"
+
+
+def test_epilogue_is_inside_the_parallel_kernel():
+    """After fusion + default schedule, one PrimFunc holds the conv and its requantize, and
+    the epilogue's store happens under the kernel's parallel loop, vectorized."""
+    spec = TARGETS["avx2"]
+    x = np.zeros((1, 16, 8, 8), np.uint8)
+    w = weights((16, 16, 3, 3), "widen")
+    mod = _conv_module(x, w, np.zeros(16, np.int32), np.ones(16, np.float32) * 1e-3, 1, 1, 1,
+                       0, "requant_u8")
+    lowered = disp.lower(disp.dispatch(mod, spec), spec, strict=True)
+    fused = [f for gv, f in lowered.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc) and "qconv2d" in gv.name_hint]
+    assert len(fused) == 1
+    text = fused[0].script()
+    assert "T.parallel" in text and "T.vectorized" in text
+    assert text.index("T.parallel") < text.rindex('T.Cast("uint8"')
+
+
+# ------------------------------------------------------------------ MetaSchedule rule
+def _conv_task(spec):
+    x = activations((1, 16, 6, 6))
+    w = weights((16, 16, 3, 3), "widen")
+    bias = RNG.integers(-500, 500, 16).astype(np.int32)
+    mult = (RNG.random(16) * 1e-3).astype(np.float32)
+    mod = _conv_module(x, w, bias, mult, 1, 1, 1, 0, "requant_u8")
+    unscheduled = disp.fuse(disp.dispatch(mod, spec))
+    name = next(gv.name_hint for gv, f in unscheduled.functions.items()
+                if isinstance(f, tvm.tirx.PrimFunc) and schedule.has_qcompile_block(f))
+    ref = _conv_expected(x, w, bias, mult, 1, 1, 1, 0, "requant_u8")
+    return unscheduled, name, x, ref
+
+
+def _with_kernel(unscheduled, name, func, spec):
+    mod = unscheduled.clone()
+    mod.update_func(mod.get_global_var(name), func.with_attr("tir.is_scheduled", True)
+                    .without_attr("global_symbol"))
+    return tvm.compile(disp.lower(mod, spec, strict=True), target=spec.tvm_target())
+
+
+def test_metaschedule_rule_samples_and_replays():
+    """The registered rule (`s_tir.meta_schedule.cpu.<rule>`, what `ApplyCustomRule` calls
+    for the block's `schedule_rule` annotation) samples tile knobs; its traces replay
+    exactly (as MetaSchedule's database does), and every sample is exact."""
+    from tvm.s_tir import Trace
+
+    spec = TARGETS["avx2"]
+    schedule.register_rules()
+    unscheduled, name, x, ref = _conv_task(spec)
+    task = tvm.IRModule({"main": unscheduled[name]})
+    rule = tvm.get_global_func(f"s_tir.meta_schedule.cpu.{compute.RULES['conv2d']}")
+    results = set()
+    for seed in (1, 2, 3):
+        sch = tvm.s_tir.Schedule(task, seed=seed)
+        block = schedule.find_main_block(sch)[0]
+        (sch,) = rule(sch, block)
+        trace = sch.trace
+        assert "sample_perfect_tile" in str(trace) and "tensorize" in str(trace)
+        replay = tvm.s_tir.Schedule(task)
+        Trace.apply_to_schedule(trace, replay, remove_postproc=False)
+        tvm.ir.assert_structural_equal(replay.mod, sch.mod)
+        results.add(str(trace))
+        if spec.runnable_here():
+            ex = _with_kernel(unscheduled, name, sch.mod["main"], spec)
+            np.testing.assert_array_equal(run(ex, x), ref)
+    assert len(results) > 1, "the rule samples no knobs"
+
+
+@pytest.mark.slow
+def test_metaschedule_tuning_end_to_end(tmp_path):
+    """A 2-trial MetaSchedule run on a fused conv + requantize builds, runs and is exact.
+    Slow mostly because TVM's `TuneContext` and builder import every TVMScript tensor
+    intrinsic of the wheel (10-40 s each, depending on load)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    spec = TARGETS["avx2"]
+    skip_unless_runnable(spec)
+    unscheduled, name, x, ref = _conv_task(spec)
+    task = unscheduled[name]
+    target = spec.tvm_target()
+    db = ms.tir_integration.tune_tir(
+        task, target, str(tmp_path), max_trials_global=2, num_trials_per_iter=2, seed=1,
+        # replay the rule's traces with fresh samples (scripts/bench_kernels.py runs the
+        # default evolutionary search with the XGBoost model)
+        strategy=ms.search_strategy.ReplayTrace(), cost_model="random",
+        # generous timeouts: the shared CI machine is often loaded
+        builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
+        runner=ms.runner.LocalRunner(timeout_sec=120))
+    sch = ms.tir_integration.compile_tir(db, task, target)
+    assert sch is not None, "tuning produced no valid schedule"
+    assert "tensorize" in str(sch.trace)
+    ex = _with_kernel(unscheduled, name, sch.mod["main"], spec)
+    np.testing.assert_array_equal(run(ex, x), ref)
+
+
+# ------------------------------------------------------------------ property test
+if given is not None:
+    @settings(max_examples=4, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(ic=st.integers(1, 20), oc=st.integers(1, 20), hw=st.integers(3, 9),
+           k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+           zp=st.sampled_from([0, 255]))
+    def test_conv_property_avx2(ic, oc, hw, k, stride, zp):
+        spec = TARGETS["avx2"]
+        if not spec.runnable_here():
+            pytest.skip(f"avx2 numerics not run here: CPU lacks {spec.missing_flags()}")
+        pad = k // 2
+        x = activations((1, ic, hw, hw + 1))
+        w = weights((oc, ic, k, k), "widen", extremes=oc * ic * k * k >= 6)
+        mod = _conv_module(x, w, None, None, stride, pad, 1, zp, "int32")
+        ex, _, _ = build(mod, spec)
+        ref = conv_ref(x, w, (stride, stride), (pad,) * 4, (1, 1), zp)
+        np.testing.assert_array_equal(run(ex, x), ref)
