@@ -1,9 +1,19 @@
 """The per-op precision table written into model.json and printed by `qcompile inspect`.
 
-One row per ONNX compute node: op type, node name, the dtypes its realization reads and
-writes, its execution precision (int8 / f32), and for f32 rows the reason it was not
-converted. The summary line reads like OpenVINO's:
-"N of M compute ops in INT8; f32: [Softmax 'prob']".
+One row per ONNX compute node (after the low-precision passes, before kernel dispatch):
+
+  node, op        the ONNX node name and op type
+  precision       "int8" (its realization reads only integer tensors), "f32", or "fused"
+                  (no binding of its own is left: a ReLU/Clip folded into a requantize's
+                  clip, a Mul folded into a scale, ...)
+  in, out         the dtypes the realization reads and writes (u8 / s8 / s32 / f32)
+  converted       True for int8 rows
+  reason          for f32 rows, why the op was not converted (from the passes' reports), or
+                  that its inputs are not quantized in the model at all
+  relax_op        the Relax op realizing it
+
+The summary line reads like OpenVINO's: "N of M compute ops in INT8; f32: [Softmax 'prob']"
+(fused rows are not counted).
 """
 from __future__ import annotations
 
@@ -19,62 +29,128 @@ COMPUTE_OPS = {
     "HardSigmoid", "HardSwish", "Exp", "Log", "Sqrt", "Pow", "ReduceMean", "ReduceSum",
     "ReduceMax", "Resize", "Einsum",
 }
-INT_DTYPES = {"uint8", "int8"}
+SHORT = {"uint8": "u8", "int8": "s8", "int32": "s32", "float32": "f32", "int16": "s16",
+         "uint16": "u16", "int64": "s64", "float16": "f16", "bool": "bool"}
+# ops that only finish a realization (bias / zero-point add, cast): the row shows the op
+# that computes the node, found through them
+_EPILOGUE = {"relax.add", "relax.subtract", "relax.astype", "relax.multiply",
+             "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum"}
+_FUSED_WHY = {"Relu": "folded into the clip bounds of the requantize after it",
+              "Clip": "folded into the clip bounds of the requantize after it",
+              "Mul": "a constant scale folded into the (de)quantization scale",
+              "Div": "a constant scale folded into the (de)quantization scale",
+              "Add": "folded into the s32 bias of the op before it"}
 
 
-def _call_dtypes(call):
+def _short(dtype) -> str:
+    return SHORT.get(str(dtype), str(dtype))
+
+
+def _bindings(mod):
     from tvm import relax
 
-    ins = []
-    for a in call.args:
-        ty = getattr(a, "ty", None)
-        if isinstance(ty, relax.TensorType):
-            ins.append(str(ty.dtype))
-    ty = getattr(call, "ty", None)
-    out = str(ty.dtype) if isinstance(ty, relax.TensorType) else None
-    return ins, out
-
-
-def realized_ops(mod) -> dict[str, dict]:
-    """Var name -> {op, inputs dtypes, output dtype} for each call binding in `main`."""
-    from tvm import relax
-
-    out = {}
-    func = mod["main"]
-    for block in func.body.blocks:
+    out = []
+    for block in mod["main"].body.blocks:
         for b in block.bindings:
-            if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call):
-                op = b.value.op
-                name = getattr(op, "name", None) or getattr(op, "name_hint", str(op))
-                ins, o = _call_dtypes(b.value)
-                out[b.var.name] = {"relax_op": str(name), "in_dtypes": ins, "out_dtype": o}
+            if isinstance(b, relax.VarBinding):
+                out.append(b)
     return out
 
 
-def classify(row: dict) -> str:
-    ins = set(row.get("in_dtypes") or [])
-    return "int8" if ins & INT_DTYPES else "f32"
+def _tensor_dtype(expr):
+    from tvm import relax
+
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype) if isinstance(ty, relax.TensorType) else None
+
+
+def _core(binding, values, named):
+    """The call computing a node: the binding's own call, or (through bias adds, casts and
+    aliases) the call of an anonymous binding it finishes."""
+    import tvm
+    from tvm import relax
+
+    v = binding.value
+    for _ in range(8):
+        if isinstance(v, relax.Var) and v in values:
+            v = values[v]
+            continue
+        if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)):
+            return v
+        if v.op.name not in _EPILOGUE:
+            return v
+        nxt = None
+        for a in v.args:
+            if isinstance(a, relax.Var) and a in values and a.name not in named:
+                cand = values[a]
+                if isinstance(cand, relax.Call):
+                    nxt = cand
+                    break
+        if nxt is None:
+            return v
+        v = nxt
+    return v
 
 
 def precision_table(mod, imported, ctx) -> dict:
     """Rows for every ONNX compute node, from the module after the low-precision passes."""
-    realized = realized_ops(mod)
-    by_node = {imported.node_names.get(v, v): r for v, r in realized.items()}
-    reasons = {n["node"]: n["reason"] for n in getattr(ctx, "notes", [])}
+    import tvm
+    from tvm import relax
+
+    from .frontend.registry import sanitize
+
+    bindings = _bindings(mod)
+    values = {b.var: b.value for b in bindings}
+    named = set(imported.node_names)          # sanitized var names that are ONNX nodes
+    by_name: dict[str, list] = {}
+    for b in bindings:
+        by_name.setdefault(b.var.name, []).append(b)
+    notes: dict[str, str] = {}
+    for n in getattr(ctx, "notes", []) or []:
+        notes.setdefault(n["node"], n["reason"])
+    unconverted = {e["node"]: e["reason"] for e in getattr(ctx, "unconverted", []) or []}
     rows = []
     for node, op_type in imported.node_op_types.items():
         if op_type not in COMPUTE_OPS:
             continue
-        r = by_node.get(node)
-        prec = classify(r) if r else "fused"
-        row = {"node": node, "op": op_type, "precision": prec,
-               "relax_op": r["relax_op"] if r else None,
-               "in_dtypes": r["in_dtypes"] if r else None,
-               "out_dtype": r["out_dtype"] if r else None}
-        if prec == "f32":
-            row["reason"] = reasons.get(node, "no quantization parameters on its inputs")
+        cands = by_name.get(sanitize(node), [])
+        row = {"node": node, "op": op_type}
+        if not cands:
+            row.update(precision="fused", converted=None, relax_op=None, in_dtypes=None,
+                       out_dtype=None, reason=_FUSED_WHY.get(op_type, "fused into another op"))
+            rows.append(row)
+            continue
+        best = None
+        for b in cands:
+            core = _core(b, values, named)
+            ins = [_tensor_dtype(a) for a in (core.args if isinstance(core, relax.Call) else [])]
+            if isinstance(core, relax.Call) and core.args and isinstance(core.args[0], relax.Tuple):
+                ins = [_tensor_dtype(f) for f in core.args[0].fields]
+            ins = [d for d in ins if d]
+            is_int = bool(ins) and all("int" in d for d in ins)
+            cand = (is_int, b, core, ins)
+            if best is None or (is_int and not best[0]):
+                best = cand
+        is_int, b, core, ins = best
+        if isinstance(core, relax.Call) and isinstance(core.op, tvm.ir.Op) and \
+                core.op.name == "relax.dequantize" and op_type in ("Mul", "Div"):
+            # x * c / x / c with a positive scalar constant: absorbed into the scale of the
+            # dequantize now bound under the node's name
+            row.update(precision="fused", converted=None, relax_op=core.op.name,
+                       in_dtypes=None, out_dtype=None, reason=_FUSED_WHY[op_type])
+            rows.append(row)
+            continue
+        op = core.op.name if isinstance(core, relax.Call) and isinstance(core.op, tvm.ir.Op) \
+            else type(core).__name__
+        row.update(precision="int8" if is_int else "f32", converted=is_int, relax_op=op,
+                   in_dtypes=[_short(d) for d in ins], out_dtype=_short(_tensor_dtype(b.var)))
+        if not is_int:
+            row["reason"] = (unconverted.get(node) or notes.get(node)
+                             or "not quantized in the model (no quantize / FakeQuantize on "
+                                "its inputs)")
         rows.append(row)
-    return {"ops": rows, "summary": summary_line(rows)}
+    return {"ops": rows, "summary": summary_line(rows),
+            "unconverted": list(getattr(ctx, "unconverted", []) or [])}
 
 
 def summary_line(rows: list[dict]) -> str:
@@ -91,10 +167,13 @@ def summary_line(rows: list[dict]) -> str:
 
 def format_table(meta: dict) -> str:
     rows = meta.get("ops") or []
-    lines = [f"{'node':40s} {'op':20s} {'precision':9s} {'in':18s} {'out':8s} reason"]
+    width = max([len(r["node"]) for r in rows] + [4])
+    width = min(width, 48)
+    lines = [f"{'node':{width}s} {'op':22s} {'precision':9s} {'in':12s} {'out':5s} reason"]
     for r in rows:
-        ins = ",".join(r.get("in_dtypes") or []) if r.get("in_dtypes") else "-"
-        lines.append(f"{r['node'][:40]:40s} {r['op'][:20]:20s} {r['precision']:9s} "
-                     f"{ins[:18]:18s} {str(r.get('out_dtype') or '-'):8s} {r.get('reason', '')}")
+        ins = ",".join(r.get("in_dtypes") or []) or "-"
+        lines.append(f"{r['node'][:width]:{width}s} {r['op'][:22]:22s} {r['precision']:9s} "
+                     f"{ins[:12]:12s} {str(r.get('out_dtype') or '-'):5s} "
+                     f"{r.get('reason', '') if r['precision'] != 'int8' else ''}")
     lines.append(meta.get("precision_summary", summary_line(rows)))
     return "\n".join(lines)

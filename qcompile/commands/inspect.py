@@ -1,10 +1,13 @@
-"""Print a build's per-op table (precision, reason for any f32 op) and its summary line."""
+"""Print a build's per-op table (precision, the dtypes each op reads and writes, the reason
+for any f32 op) and its OpenVINO-style summary line ("N of M compute ops in INT8; f32: [...]")."""
 from __future__ import annotations
 
 
 def add_arguments(p) -> None:
     p.add_argument("build_dir", help="build directory (holds model.json)")
     p.add_argument("--json", action="store_true", help="print model.json's op table as JSON")
+    p.add_argument("--not-int8", action="store_true",
+                   help="list only the ops that are not int8 (f32 and fused)")
 
 
 def run(args) -> int:
@@ -14,12 +17,15 @@ def run(args) -> int:
     from ..report import format_table
 
     meta = read_meta(args.build_dir)
+    ops = meta.get("ops") or []
+    if args.not_int8:
+        ops = [r for r in ops if r.get("precision") != "int8"]
     if args.json:
-        print(json.dumps({"ops": meta.get("ops"), "summary": meta.get("precision_summary")},
-                         indent=2))
+        print(json.dumps({"ops": ops, "summary": meta.get("precision_summary"),
+                          "notes": meta.get("notes")}, indent=2))
         return 0
     t = meta.get("target", {})
     print(f"{args.build_dir}: target {t.get('name')}, inputs "
           f"{[(i['name'], i['shape'], i['dtype']) for i in meta['inputs']]}")
-    print(format_table(meta))
+    print(format_table({**meta, "ops": ops}))
     return 0

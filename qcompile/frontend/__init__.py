@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import onnx
 
-from ..errors import ModelError, UnsupportedOpsError
+from ..errors import ModelError, QCompileError, UnsupportedOpsError
 from .fold import fold_constants
 from .loader import load_model, opset_of
 from .registry import patched_importer, registered_op_types, sanitize, tvm_supported_op_types
@@ -83,7 +83,7 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto,
             warnings.simplefilter("ignore")
             mod = from_onnx(proto, shape_dict=shape_dict, dtype_dict=dtype_dict,
                             opset=opset_of(proto), keep_params_in_input=False)
-    except ModelError:
+    except QCompileError:  # ModelError, QuantizationError from a converter: already clear
         raise
     except Exception as err:
         raise ModelError(f"importing {source} into Relax failed: {type(err).__name__}: "

@@ -1,1 +1,18 @@
-"""qcompile's own ONNX converters; importing this package registers them."""
+"""qcompile's own ONNX converters; importing this package registers them.
+
+* `fake_quantize`: OpenVINO `FakeQuantize` (domain org.openvinotoolkit, or the bare name)
+  -> `qcompile.fake_quantize`, ranges validated at import (QuantizationError naming the node).
+* `qdq`: `QuantizeLinear` / `DequantizeLinear` (per-tensor and per-axis, u8/s8), replacing
+  TVM's: normalized axis, scalar per-tensor parameters.
+* `qoperator`: `QLinearConv`, `QLinearMatMul`, `QLinearAdd`, `QLinearGlobalAveragePool`
+  (rewritten to dequantize -> float op -> quantize, which the low-precision passes realize),
+  `ConvInteger`, `MatMulInteger` (exact integer ops).
+* `clip`: `Clip` with constant bounds -> `R.clip` (TVM's converter emits opaque TE
+  `maximum`/`minimum` calls that the passes could not see through).
+* `rebind`: every other TVM converter that binds its result itself (LayerNormalization, ...)
+  returns the call instead, so the result is named after the node like all others.
+"""
+from . import clip, fake_quantize, qdq, qoperator  # noqa: F401
+from . import rebind
+
+rebind.register_all()   # last: wraps only the converters not replaced above

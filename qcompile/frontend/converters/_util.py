@@ -1,0 +1,36 @@
+"""Helpers shared by qcompile's converters."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def node_name(attr) -> str:
+    return (attr.get("tvm_custom") or {}).get("name") or "<unnamed>"
+
+
+def const_value(expr):
+    """numpy value of a Relax constant input, or None."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, tvm.ir.expr.GenericConst):
+        return expr.value.numpy()
+    return None
+
+
+def rank_of(expr) -> int:
+    return len(expr.ty.shape)
+
+
+def dtype_of(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def scalarize(expr):
+    """A per-tensor quantization parameter of shape [1] (or [1, 1, ...]) as a 0-d constant."""
+    from tvm import relax
+
+    v = const_value(expr)
+    if v is not None and v.size == 1 and v.ndim > 0:
+        return relax.const(np.asarray(v).reshape(()), str(v.dtype))
+    return expr

@@ -1,0 +1,62 @@
+"""OpenVINO `FakeQuantize` (domain org.openvinotoolkit as NNCF/OpenVINO write it, or the bare
+op name) -> `qcompile.fake_quantize(x, il, ih, ol, oh, levels)`.
+
+Constant ranges are validated here, where the node name is known: `input_low == input_high`
+anywhere, or a NaN in any range, raises `QuantizationError` naming the node (DESIGN §3).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import QuantizationError
+from ..registry import register_converter
+from ._util import const_value, node_name
+
+
+def check_ranges(name: str, il, ih, ol, oh, levels) -> None:
+    if levels is None or int(levels) < 2:
+        raise QuantizationError(f"FakeQuantize {name!r}: attribute 'levels' must be >= 2 "
+                                f"(got {levels}); fix the quantizer that wrote the model")
+    vals = {"input_low": il, "input_high": ih, "output_low": ol, "output_high": oh}
+    for key, v in vals.items():
+        if v is not None and np.isnan(np.asarray(v, np.float64)).any():
+            raise QuantizationError(f"FakeQuantize {name!r}: {key} contains NaN; the quantizer "
+                                    "saw no valid statistics for this tensor")
+    if il is not None and ih is not None:
+        a, b = np.broadcast_arrays(np.asarray(il, np.float64), np.asarray(ih, np.float64))
+        eq = a == b
+        if eq.any():
+            where = np.argwhere(eq)[:4].tolist() if eq.ndim else []
+            raise QuantizationError(
+                f"FakeQuantize {name!r}: input_low == input_high ({float(a[eq][0]):g}) at "
+                f"{int(eq.sum())} of {eq.size} element(s){' ' + str(where) if where else ''}: "
+                "an empty quantization range is invalid; re-calibrate or drop this quantizer")
+
+
+@register_converter("FakeQuantize")
+class FakeQuantize:
+    @classmethod
+    def get_converter(cls, opset):
+        return cls.convert
+
+    @staticmethod
+    def convert(bb, inputs, attr, params):
+        from tvm import relax
+
+        from ... import ops
+
+        name = node_name(attr)
+        if len(inputs) != 5 or any(i is None for i in inputs):
+            raise QuantizationError(f"FakeQuantize {name!r}: needs 5 inputs (X, input_low, "
+                                    f"input_high, output_low, output_high), got {len(inputs)}")
+        levels = attr.get("levels")
+        vals = [const_value(i) for i in inputs[1:]]
+        check_ranges(name, *vals, levels)
+        args = [inputs[0]]
+        for expr, v in zip(inputs[1:], vals):
+            if v is not None and v.dtype != np.float32:
+                expr = relax.const(v.astype(np.float32))
+            elif v is None and str(expr.ty.dtype) != "float32":
+                expr = relax.op.astype(expr, "float32")
+            args.append(expr)
+        return ops.fake_quantize(*args, levels=int(levels))

@@ -1,0 +1,209 @@
+"""qcompile's custom Relax ops (registered from Python on import) and their legalization.
+
+* `qcompile.fake_quantize(x, il, ih, ol, oh)`, attr `levels`: OpenVINO opset1 FakeQuantize
+  (DESIGN §3), element-wise with numpy broadcasting of the four range tensors, f32.
+* `qcompile.requantize(acc, multiplier)`, attrs `axis, out_zp, out_dtype, clip_min,
+  clip_max`: `clip(round_half_even(f32(acc) * multiplier) + out_zp, clip_min, clip_max)`,
+  `multiplier` a f32 scalar or a vector along `axis`.
+* `qcompile.qadd(a, b)`, attrs `a_zp, a_mult, b_zp, b_mult, out_zp, out_dtype, clip_min,
+  clip_max`: `clip(round_half_even(f32(a - a_zp) * a_mult + f32(b - b_zp) * b_mult) +
+  out_zp, ...)`; the result has `a`'s shape, `b` has it too or broadcasts to it (numpy
+  rules; a quantized constant such as a bias).
+
+Semantics are those of docs/integer-ir.md and `qcompile.reference`. Each op has FInferType,
+FPurity and an FLegalize (a TE compute) so TVM's default `LegalizeOps` lowers it on the
+generic path. Every f32 product that is followed by an add is wrapped in
+`llvm.arithmetic.fence`: TVM's LLVM backend allows FP contraction, and an FMA would differ
+from the reference (each f32 operation rounded separately) at rounding ties.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+FAKE_QUANTIZE = "qcompile.fake_quantize"
+REQUANTIZE = "qcompile.requantize"
+QADD = "qcompile.qadd"
+
+_F32 = "float32"
+
+
+# ----------------------------------------------------------------------------- helpers
+def _attrs(**kw):
+    return tvm.ir.make_node("ir.DictAttrs", **kw)
+
+
+def attr(call, key, default=None):
+    """An attribute of a call to a qcompile op (or a Relax op), as a Python value."""
+    a = call.attrs
+    if a is None:
+        return default
+    try:
+        v = a[key]
+    except (KeyError, IndexError, TypeError, AttributeError):
+        v = getattr(a, key, default)
+    if v is None:
+        return default
+    if isinstance(v, tirx.IntImm):
+        return int(v.value)
+    if isinstance(v, tirx.FloatImm):
+        return float(v.value)
+    if isinstance(v, str):
+        return str(v)
+    return v
+
+
+def _bcast_index(t: te.Tensor, idx, rank: int):
+    """Index tensor `t` (rank <= `rank`, numpy-broadcast against the output) at `idx`."""
+    r = len(t.shape)
+    sub = []
+    for k in range(r):
+        dim = t.shape[k]
+        i = idx[rank - r + k]
+        sub.append(0 if (isinstance(dim, tirx.IntImm) and int(dim) == 1)
+                   else i)
+    return t[tuple(sub)] if sub else t[()]
+
+
+def _fence(v):
+    return tirx.call_llvm_pure_intrin(_F32, "llvm.arithmetic.fence", v)
+
+
+# ------------------------------------------------------------------------ fake_quantize
+def fake_quantize(x, il, ih, ol, oh, levels: int) -> relax.Call:
+    return relax.Call(tvm.ir.Op.get(FAKE_QUANTIZE), [x, il, ih, ol, oh],
+                      _attrs(levels=int(levels)))
+
+
+def _infer_fake_quantize(call, ctx):
+    ty = call.args[0].ty
+    return relax.TensorType(ty.shape, _F32)
+
+
+def _legalize_fake_quantize(bb, call):
+    levels = int(attr(call, "levels"))
+
+    def fq(x, il, ih, ol, oh):
+        rank = len(x.shape)
+        steps = tirx.const(float(levels - 1), _F32)
+
+        def fn(*i):
+            v = x[i]
+            a, b = _bcast_index(il, i, rank), _bcast_index(ih, i, rank)
+            c, d = _bcast_index(ol, i, rank), _bcast_index(oh, i, rank)
+            q = tirx.round((v - a) / (b - a) * steps)
+            y = _fence(q / steps * (d - c)) + c
+            return tirx.Select(v <= tirx.min(a, b), c, tirx.Select(v > tirx.max(a, b), d, y))
+
+        return te.compute(x.shape, fn, name="fake_quantize")
+
+    return bb.call_te(fq, *call.args, primfunc_name_hint="fake_quantize")
+
+
+# --------------------------------------------------------------------------- requantize
+def requantize(acc, multiplier, axis: int = 1, out_zp: int = 0, out_dtype: str = "uint8",
+               clip_min: int | None = None, clip_max: int | None = None) -> relax.Call:
+    """`qcompile.requantize`; clip bounds default to the range of `out_dtype`."""
+    info = np.iinfo(out_dtype)
+    lo = int(info.min if clip_min is None else clip_min)
+    hi = int(info.max if clip_max is None else clip_max)
+    return relax.Call(tvm.ir.Op.get(REQUANTIZE), [acc, multiplier],
+                      _attrs(axis=int(axis), out_zp=int(out_zp), out_dtype=str(out_dtype),
+                             clip_min=lo, clip_max=hi))
+
+
+def _infer_requantize(call, ctx):
+    return relax.TensorType(call.args[0].ty.shape, str(attr(call, "out_dtype")))
+
+
+def _legalize_requantize(bb, call):
+    axis = int(attr(call, "axis", 1))
+    out_zp = float(attr(call, "out_zp", 0))
+    dtype = str(attr(call, "out_dtype"))
+    lo, hi = float(attr(call, "clip_min")), float(attr(call, "clip_max"))
+
+    def rq(acc, mult):
+        rank = len(acc.shape)
+        ax = axis % rank if rank else 0
+        per_axis = len(mult.shape) >= 1 and not all(
+            isinstance(d, tirx.IntImm) and int(d) == 1 for d in mult.shape)
+
+        def fn(*i):
+            if per_axis:
+                m = mult[i[ax]]
+            else:
+                m = mult[(0,) * len(mult.shape)] if len(mult.shape) else mult[()]
+            r = tirx.round(acc[i].astype(_F32) * m) + tirx.const(out_zp, _F32)
+            r = tirx.max(tirx.min(r, tirx.const(hi, _F32)), tirx.const(lo, _F32))
+            return r.astype(dtype)
+
+        return te.compute(acc.shape, fn, name="requantize")
+
+    return bb.call_te(rq, call.args[0], call.args[1], primfunc_name_hint="requantize")
+
+
+# --------------------------------------------------------------------------------- qadd
+def qadd(a, b, a_zp: int, a_mult: float, b_zp: int, b_mult: float, out_zp: int,
+         out_dtype: str = "uint8", clip_min: int | None = None,
+         clip_max: int | None = None) -> relax.Call:
+    info = np.iinfo(out_dtype)
+    lo = int(info.min if clip_min is None else clip_min)
+    hi = int(info.max if clip_max is None else clip_max)
+    return relax.Call(tvm.ir.Op.get(QADD), [a, b],
+                      _attrs(a_zp=int(a_zp), a_mult=float(np.float32(a_mult)), b_zp=int(b_zp),
+                             b_mult=float(np.float32(b_mult)), out_zp=int(out_zp),
+                             out_dtype=str(out_dtype), clip_min=lo, clip_max=hi))
+
+
+def _infer_qadd(call, ctx):
+    return relax.TensorType(call.args[0].ty.shape, str(attr(call, "out_dtype")))
+
+
+def _legalize_qadd(bb, call):
+    g = lambda k, d=0: attr(call, k, d)  # noqa: E731
+    a_zp, b_zp, out_zp = int(g("a_zp")), int(g("b_zp")), float(g("out_zp"))
+    am, bm = tirx.const(float(g("a_mult")), _F32), tirx.const(float(g("b_mult")), _F32)
+    dtype = str(g("out_dtype", "uint8"))
+    lo, hi = float(g("clip_min")), float(g("clip_max"))
+
+    def qa(a, b):
+        rank = len(a.shape)
+
+        def fn(*i):
+            xa = (a[i].astype("int32") - a_zp).astype(_F32) * am
+            xb = (_bcast_index(b, i, rank).astype("int32") - b_zp).astype(_F32) * bm
+            r = tirx.round(_fence(xa) + _fence(xb)) + tirx.const(out_zp, _F32)
+            r = tirx.max(tirx.min(r, tirx.const(hi, _F32)), tirx.const(lo, _F32))
+            return r.astype(dtype)
+
+        return te.compute(a.shape, fn, name="qadd")
+
+    return bb.call_te(qa, call.args[0], call.args[1], primfunc_name_hint="qadd")
+
+
+# ------------------------------------------------------------------------- registration
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register the ops (idempotent; importing this module does it)."""
+    global _REGISTERED
+    if _REGISTERED:
+        return
+    reg = tvm.ir._ffi_api.RegisterOpAttr
+    for name, infer, legal in ((FAKE_QUANTIZE, _infer_fake_quantize, _legalize_fake_quantize),
+                               (REQUANTIZE, _infer_requantize, _legalize_requantize),
+                               (QADD, _infer_qadd, _legalize_qadd)):
+        reg(name, "FInferType", infer, 10)
+        reg(name, "FPurity", True, 10)
+        reg(name, "FLegalize", legal, 10)
+    _REGISTERED = True
+
+
+def is_op(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and \
+        expr.op.name == name
+
+
+register()
