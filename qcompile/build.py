@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import artifact, targets
-from .config import flag, parse_shape_assignment, to_dict
+from .config import flag, parse_duration, parse_shape_assignment, to_dict
 from .errors import QCompileError
 
 
@@ -33,6 +33,17 @@ class BuildConfig:
     strict: bool = flag(False, help="fail if any quantized op cannot run in int8 instead of "
                         "reporting it and keeping it in f32")
     seed: int | None = flag(None, help="random seed for tuning")
+    # tuning on target machines, time budget, shipped databases (qcompile/tuning, docs/tuning.md)
+    time_budget: float | None = flag(None, parse=parse_duration, metavar="DURATION",
+                                     help="stop tuning after this long (90s, 20m, 1.5h); "
+                                     "measured records are kept, a rerun resumes")
+    rpc: str | None = flag(None, metavar="HOST:PORT", help="measure tuning candidates on the "
+                           "TVM RPC servers registered with this tracker (`qcompile rpc`); "
+                           "candidates are built here")
+    key: str | None = flag(None, help="device key of the RPC servers to measure on (--rpc)")
+    pretuned: bool = flag(True, help="use the pre-tuned database shipped for the target "
+                          "(qcompile/pretuned/) for kernels --tuning-db has no record of "
+                          "(--no-pretuned: off)")
 
 
 @dataclasses.dataclass
@@ -47,18 +58,22 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResult:
+def build(model, config: BuildConfig, out_dir, quiet: bool = False,
+          tune_only: bool = False, tune_options: dict | None = None) -> BuildResult:
+    """tune_only (`qcompile tune`): stop after tuning; out_dir is not written (may be None).
+    tune_options: extra keyword arguments for qcompile.tuning.tuner.tune (scripts)."""
     from . import codegen, frontend
     from .relay_passes import pipeline as lp
     from .report import precision_table
     from .util import versions
 
     t0 = time.time()
-    spec = targets.resolve(config.target, cross=config.cross)
-    if config.trials > 0 and not config.tuning_db:
+    # with --rpc the candidates run on the servers, so this CPU need not run the target
+    spec = targets.resolve(config.target, cross=config.cross or bool(config.rpc))
+    if config.trials != 0 and not config.tuning_db:
         raise QCompileError("--trials needs --tuning-db DIR: the measured records are kept "
                             "there and reused by later builds")
-    if config.trials > 0 and config.cross:
+    if config.trials != 0 and config.cross and not config.rpc:
         raise QCompileError("--trials measures candidates on this machine, which cannot run "
                             f"target {spec.name!r} (--cross); tune on the target machine "
                             "(qcompile tune --rpc) and pass its --tuning-db")
@@ -76,19 +91,41 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResu
     database, tune_summary = None, None
     if config.tuning_db:
         from .tuning import tuner
+        from .tuning.rpc import RPCSettings
 
+        rpc = RPCSettings.from_flags(config.rpc, config.key) if config.rpc else None
         measure = {}
         if spec.family == "opencl":  # candidates are measured through pyopencl (qcompile.gpu)
             from .gpu import tuning as gpu_tuning
 
-            measure = gpu_tuning.builder_and_runner(spec)
-        database, tune_summary = tuner.tune(fused, spec, target, config.tuning_db,
-                                            config.trials, seed=config.seed, progress=not quiet,
-                                            **measure)
+            measure = gpu_tuning.builder_and_runner(spec, rpc=rpc.as_dict() if rpc else None)
+        trials, per_task = config.trials, None
+        if trials < 0:  # `qcompile tune` without --trials: the target's default per kernel
+            trials, per_task = 1 << 30, int(spec.tuning.get("trials_per_task", 64))
+        options = {"max_trials_per_task": per_task, **measure, **(tune_options or {})}
+        database, tune_summary = tuner.tune(fused, spec, target, config.tuning_db, trials,
+                                            seed=config.seed, progress=not quiet,
+                                            time_budget=config.time_budget, rpc=rpc,
+                                            **options)
         if tune_summary.tasks:
             _log(f"qcompile: tuning database {config.tuning_db}: {tune_summary.already_tuned}/"
                  f"{tune_summary.tasks} tasks already tuned, {tune_summary.tuned_now} tuned now "
                  f"({tune_summary.trials} trials, {tune_summary.seconds:.0f}s)", quiet)
+        if tune_summary.stopped_by == "interrupted":  # Ctrl-C: records saved, no build
+            raise tuner.TuningInterrupted(tune_summary)
+    elif config.rpc:
+        raise QCompileError("--trials/--rpc need --tuning-db DIR")
+    if tune_only:
+        return BuildResult(None, {"tuning": tune_summary.to_dict() if tune_summary else None,
+                                  "target": spec.to_dict()}, time.time() - t0)
+    from .tuning import pretuned
+
+    database, pretuned_desc = pretuned.combine(database, spec, enabled=config.pretuned,
+                                               fused_mod=fused, target=target)
+    if pretuned_desc.get("used"):
+        _log(f"qcompile: pre-tuned database {pretuned_desc['path']}: "
+             f"{pretuned_desc.get('tasks_from_pretuned', '?')}/{pretuned_desc.get('tasks', '?')} "
+             "kernels from it (--no-pretuned: off)", quiet)
     executable = None
     if spec.family != "opencl":
         executable = codegen.compile_fused(fused, target, database=database,
@@ -102,6 +139,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False) -> BuildResu
         "versions": versions(),
         "config": to_dict(config),
         "tuning": tune_summary.to_dict() if tune_summary else None,
+        "pretuned": pretuned_desc,
         "ops": table["ops"],
         "precision_summary": table["summary"],
         "notes": ctx.notes,

@@ -88,6 +88,7 @@ def compile_fused(mod, target, database=None, default_schedule=None):
         if database is not None:
             with database:
                 m = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(m)
+            m = _mark_db_scheduled(m)
         return default_sched.apply(m, target, default_schedule)
 
     @tvm.transform.module_pass(opt_level=3, name="qcompile.Pipeline")
@@ -99,6 +100,23 @@ def compile_fused(mod, target, database=None, default_schedule=None):
 
     with target, tvm.transform.PassContext(opt_level=3):
         return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+
+
+def _mark_db_scheduled(mod):
+    """MetaScheduleApplyDatabase marks what it scheduled `tirx.is_scheduled` (TVM 0.27's
+    name); qcompile's default schedulers skip functions marked `tir.is_scheduled`. Mark the
+    database's functions with both, so no default schedule replaces a tuned one."""
+    from tvm import tirx
+
+    updates = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None \
+                and bool(func.attrs.get("tirx.is_scheduled", False)) \
+                and not bool(func.attrs.get("tir.is_scheduled", False)):
+            updates[gv] = func.with_attr("tir.is_scheduled", True)
+    for gv, func in updates.items():
+        mod[gv] = func
+    return mod
 
 
 def _backend_pipeline(target):

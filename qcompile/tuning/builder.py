@@ -1,7 +1,12 @@
 """MetaSchedule builder for qcompile: LocalBuilder with a build function that does not
 import `tvm.s_tir.tensor_intrin` in each freshly spawned worker (MetaSchedule's default
 does, ~6-30 s per worker and batch on this machine; building an already tensorized
-candidate needs no intrinsic registry), and a timeout suited to a loaded 2-core machine."""
+candidate needs no intrinsic registry), and a timeout suited to a loaded 2-core machine.
+
+Candidates are exported as a linked shared library (`.so`), not MetaSchedule's default
+`.tar` of object files: a `.tar` is linked where it is loaded, which needs a C toolchain on
+every RPC server (and serializes the link in the single local runner process); a `.so`
+needs only the TVM runtime that the server already has."""
 from __future__ import annotations
 
 
@@ -14,8 +19,19 @@ def build_candidate(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
+def export_shared(mod) -> str:
+    """Export a built candidate as a linked .so in a fresh temporary directory (removed by
+    MetaSchedule's RemoveBuildArtifact callback after measurement)."""
+    import os
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="qcompile-cand-"), "candidate.so")
+    mod.export_library(path)
+    return path
+
+
 def local_builder(max_workers: int | None = None, timeout_sec: float = 120.0):
     from tvm.s_tir import meta_schedule as ms
 
     return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_sec,
-                                   f_build=build_candidate)
+                                   f_build=build_candidate, f_export=export_shared)

@@ -1,0 +1,112 @@
+"""Per-tensor running statistics over calibration batches (bounded memory, one pass).
+
+`TensorStats` keeps, for one activation tensor: the global min / max, the sums of per-batch
+min / max (for "mean of per-batch min-max"), the number of exact zeros, and optionally a
+histogram (for percentile, MSE and KL range search). The histogram has a fixed number of bins
+over a range that grows by doubling (adjacent bins merged pairwise) whenever a batch falls
+outside it, so everything is collected in a single pass and nothing keeps whole activations.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class TensorStats:
+    min: float = np.inf
+    max: float = -np.inf
+    sum_batch_min: float = 0.0
+    sum_batch_max: float = 0.0
+    batches: int = 0
+    elements: int = 0
+    dtype: str = ""
+    # histogram of all finite values over [hist_lo, hist_hi] (hist_lo <= 0 <= hist_hi); the
+    # exact zeros are inside it too and also counted apart (`zeros`)
+    hist: np.ndarray | None = None
+    hist_lo: float = 0.0
+    hist_hi: float = 0.0
+    zeros: int = 0
+
+    def update(self, x: np.ndarray, bins: int | None = None) -> None:
+        """Add one batch: min/max always, the histogram when `bins` is given."""
+        self.dtype = str(x.dtype)
+        if x.size == 0 or not np.issubdtype(x.dtype, np.floating):
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.sum_batch_min += lo
+        self.sum_batch_max += hi
+        self.batches += 1
+        self.elements += x.size
+        if bins:
+            self._histogram(x, lo, hi, bins)
+
+    @property
+    def seen(self) -> bool:
+        return self.batches > 0
+
+    @property
+    def mean_min(self) -> float:
+        return self.sum_batch_min / max(self.batches, 1)
+
+    @property
+    def mean_max(self) -> float:
+        return self.sum_batch_max / max(self.batches, 1)
+
+    def _histogram(self, x: np.ndarray, lo: float, hi: float, bins: int) -> None:
+        bins += bins % 2
+        if self.hist is None:
+            a, b = min(lo, 0.0), max(hi, 0.0)
+            if b - a <= 0:
+                a, b = -1e-6, 1e-6
+            self.hist_lo, self.hist_hi = a, b
+            self.hist = np.zeros(bins, np.int64)
+        while lo < self.hist_lo or hi > self.hist_hi:
+            width = self.hist_hi - self.hist_lo
+            half = self.hist.reshape(-1, 2).sum(axis=1)
+            pad = np.zeros_like(half)
+            if hi > self.hist_hi:
+                self.hist, self.hist_hi = np.concatenate([half, pad]), self.hist_hi + width
+            else:
+                self.hist, self.hist_lo = np.concatenate([pad, half]), self.hist_lo - width
+        n = self.hist.size
+        scale = np.float32(n / (self.hist_hi - self.hist_lo))
+        idx = ((x.reshape(-1) - np.float32(self.hist_lo)) * scale).astype(np.int32)
+        np.clip(idx, 0, n - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=n)
+        self.zeros += int(x.size - np.count_nonzero(x))
+
+    def bin_edges(self) -> np.ndarray:
+        return np.linspace(self.hist_lo, self.hist_hi, self.hist.size + 1)
+
+    def zero_bin(self) -> int:
+        n = self.hist.size
+        return int(np.clip(int((0.0 - self.hist_lo) * n / (self.hist_hi - self.hist_lo)), 0, n - 1))
+
+    def with_zeros(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bin edges, counts) of every value."""
+        return self.bin_edges(), self.hist.astype(np.float64)
+
+    def without_zeros(self) -> tuple[np.ndarray, np.ndarray]:
+        """(bin edges, counts) with the exact zeros taken out (0 is always a level, so they
+        carry no quantization error)."""
+        counts = self.hist.astype(np.float64)
+        counts[self.zero_bin()] -= self.zeros
+        return self.bin_edges(), counts
+
+    def summary(self) -> dict:
+        return {"min": self.min, "max": self.max, "mean_min": self.mean_min,
+                "mean_max": self.mean_max, "batches": self.batches}
+
+    @staticmethod
+    def of_constant(v: np.ndarray, bins: int | None = None) -> "TensorStats":
+        s = TensorStats()
+        s.update(np.asarray(v, np.float32), bins)
+        return s

@@ -1,0 +1,77 @@
+"""Fast bias correction: removes the mean output shift quantization adds, for Conv (with and
+without a bias), Gemm, and MatMul followed by a bias Add."""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_quantization_helpers import conv_data, conv_net, mlp, run_ort  # noqa: E402
+
+from qcompile.quantization import quantize_detailed  # noqa: E402
+from qcompile.quantization.runner import Runner  # noqa: E402
+
+
+def _layer_mean_error(r, model_fp32, samples, tensor, axis):
+    """Per-channel mean of (fp32 - quantized) of `tensor` in the simulated quantized model."""
+    sim = Runner(r.model("sim"), [tensor])
+    ref = Runner(r.prepared, [tensor])
+    d = []
+    for s in samples:
+        a, b = ref.run(s, [tensor])[tensor], sim.run(s, [tensor])[tensor]
+        d.append(np.moveaxis(a - b, axis, -1).reshape(-1, a.shape[axis]))
+    return np.abs(np.concatenate(d).mean(axis=0)).mean()
+
+
+def test_conv_and_gemm_biases_are_corrected():
+    data = conv_data(16)
+    kw = dict(target="avx512-vnni", activation_stat="minmax")
+    off = quantize_detailed(conv_net(), data, fast_bias_correction=False, **kw)
+    on = quantize_detailed(conv_net(), data, **kw)
+    corrected = on.report["bias_correction"]["corrected"]
+    assert {"conv1", "conv2", "conv_sc", "conv3", "fc"} <= set(corrected)
+    assert not on.report["bias_correction"]["skipped"]
+    # conv2 had no bias: it gets one
+    conv2 = next(n for n in on.model().graph.node if n.name == "conv2")
+    assert len(conv2.input) == 3 and conv2.input[2] == "conv2/bias_corrected"
+    samples = [{"input": x[None]} for x in data]
+    for tensor, axis in [("c2", 1), ("sc", 1), ("logits", 1)]:
+        e_off = _layer_mean_error(off, conv_net(), samples, tensor, axis)
+        e_on = _layer_mean_error(on, conv_net(), samples, tensor, axis)
+        assert e_on < 0.7 * e_off, tensor
+    # the shift is exactly mean(fp32 layer) - mean(quantized layer) on fp32 inputs
+    u = on.plan.bias_updates["conv1"]
+    assert u.holder == "conv1" and u.index == 2 and u.values.shape == (8,)
+
+
+def test_matmul_bias_lives_in_the_following_add():
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((16, 1, 16)).astype(np.float32)
+    r = quantize_detailed(mlp(batch=1), data, target="avx512-vnni")
+    u = r.plan.bias_updates["fc1"]
+    assert u.holder == "fc1_bias" and u.tensor == "b1"
+    m = r.model()
+    add = next(n for n in m.graph.node if n.name == "fc1_bias")
+    assert "fc1/bias_corrected" in add.input
+    samples = [{"x": x} for x in data]
+    off = quantize_detailed(mlp(batch=1), data, target="avx512-vnni", fast_bias_correction=False)
+    assert _layer_mean_error(r, None, samples, "h1", 1) < \
+        0.7 * _layer_mean_error(off, None, samples, "h1", 1)
+    # model still runs and matches fp32 closely
+    y = run_ort(r.model("sim"), samples[0])[0]
+    ref = run_ort(mlp(batch=1), samples[0])[0]
+    assert np.abs(y - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_layer_without_bias_slot_is_reported():
+    """A MatMul not followed by a constant Add cannot be corrected: reported as skipped."""
+    import onnx
+    m = mlp(batch=1)
+    g = m.graph
+    add = next(n for n in g.node if n.name == "fc2_bias")
+    g.node.remove(add)
+    next(n for n in g.node if n.name == "fc2").output[0] = "y"
+    onnx.checker.check_model(m)
+    r = quantize_detailed(m, np.random.default_rng(0).standard_normal((4, 1, 16))
+                          .astype(np.float32), target="avx512-vnni")
+    assert r.report["bias_correction"]["skipped"]["fc2"] == "no constant bias to correct"
