@@ -103,3 +103,14 @@ def test_cross_build_for_avx512_vnni(mlp_path, tmp_path):
 def test_trials_need_a_database(mlp_path, tmp_path):
     with pytest.raises(QCompileError, match="--trials needs --tuning-db"):
         build(str(mlp_path), BuildConfig(trials=4), tmp_path / "b", quiet=True)
+
+
+def test_demo_runs_fp32_and_int8(tmp_path, capsys):
+    """`qcompile demo`: fp32 build checked vs the ONNX reference, then PTQ + int8 build."""
+    from qcompile.demo import run_demo
+
+    assert run_demo(str(tmp_path), niter=5) == 0
+    out = capsys.readouterr().out
+    assert "fp32 output check vs ONNX reference" in out and "(OK)" in out
+    assert "7 of 8 compute ops in INT8; f32: [Softmax 'prob']" in out
+    assert (tmp_path / "int8" / "model.so").exists() and (tmp_path / "demo_int8.onnx").exists()
