@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from . import tvm_compat as _tvm_compat
 
 _tvm_compat.install()
+_tvm_compat.set_default_threads()
 
 
 def load(build_dir, profile: bool = False):

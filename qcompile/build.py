@@ -33,6 +33,8 @@ class BuildConfig:
     strict: bool = flag(False, help="fail if any quantized op cannot run in int8 instead of "
                         "reporting it and keeping it in f32")
     seed: int | None = flag(None, help="random seed for tuning")
+    fast_math: bool = flag(False, help="compute f32 erf/exp/tanh with TVM's fast "
+                           "approximations (abs. error ~1e-7; GELU 4x faster); default: exact")
     # tuning on target machines, time budget, shipped databases (qcompile/tuning, docs/tuning.md)
     time_budget: float | None = flag(None, parse=parse_duration, metavar="DURATION",
                                      help="stop tuning after this long (90s, 20m, 1.5h); "
@@ -87,7 +89,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     mod = lp.run(imported.mod, ctx)
     table = precision_table(mod, imported, ctx)
     mod, kernel_default = _dispatch_kernels(mod, spec)
-    fused, kernel_map = codegen.fuse_with_map(mod, target)
+    fused, kernel_map = codegen.fuse_with_map(mod, target, config.fast_math)
     database, tune_summary = None, None
     if config.tuning_db:
         from .tuning import tuner

@@ -90,6 +90,11 @@ def main(argv=None):
     ap.add_argument("--iters", type=int, default=20, help="timed runs per case per round")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of idle before each case's round (other runtimes' spinning "
+                    "threads go to sleep)")
+    ap.add_argument("--round-warmup", type=int, default=2,
+                    help="untimed runs at the start of each case's round")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
@@ -115,6 +120,11 @@ def main(argv=None):
             c["run"](c["feed"])
     for r in range(args.rounds):
         for c in cases:
+            # the previous case's runtime may still have threads spinning (ORT's thread pool,
+            # OpenVINO's TBB arena) on these 2 cores: let them go idle, then warm this case up
+            time.sleep(args.settle)
+            for _ in range(args.round_warmup):
+                c["run"](c["feed"])
             if c["timed"] is not None:
                 c["times"].extend(c["timed"](c["feed"], args.iters))
             else:

@@ -114,3 +114,23 @@ def test_demo_runs_fp32_and_int8(tmp_path, capsys):
     assert "fp32 output check vs ONNX reference" in out and "(OK)" in out
     assert "7 of 8 compute ops in INT8; f32: [Softmax 'prob']" in out
     assert (tmp_path / "int8" / "model.so").exists() and (tmp_path / "demo_int8.onnx").exists()
+
+
+def test_runtime_uses_every_physical_core():
+    """TVM alone would use hardware_concurrency/2 threads on x86 (one on a 2-core VM without
+    SMT); importing qcompile sets the pool to the physical core count unless the user chose."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    code = "import qcompile, tvm; print(tvm.get_global_func('runtime.NumThreads')())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out.strip().splitlines()[-1]) == (psutil.cpu_count(logical=False) or os.cpu_count())
+    env["TVM_NUM_THREADS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == "1"

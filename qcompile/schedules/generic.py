@@ -6,8 +6,8 @@ schedules, which mark their functions `tir.is_scheduled`).
 Guarantees: every other PrimFunc is scheduled to use every core and the vector unit:
 injective producers are inlined; in each remaining block the leading spatial loops are fused
 and parallelized; for a reduction (conv, matmul) the innermost spatial loop is split by the
-vector width and moved inside the reduction loops, so its accumulators stay in a vector
-register; an elementwise block's innermost loop is vectorized. A step that a block's
+vector width and moved inside the reduction loops together with 4 (or 2) iterations of the
+next spatial loop, so a 4 x vector tile of accumulators stays in registers; an elementwise block's innermost loop is vectorized. A step that a block's
 structure defeats is skipped (the function stays correct). Far from tuned code, but about
 cores x vector-width faster than TVM's naive serial loops.
 """
@@ -23,7 +23,7 @@ def _extent(sch, loop):
         return None
 
 
-def _schedule_block(sch, block, lanes: int) -> None:
+def _schedule_block(sch, block, lanes: int, local_acc: bool = True) -> None:
     from tvm.tirx import IterVar
 
     loops = sch.get_loops(block)
@@ -41,21 +41,38 @@ def _schedule_block(sch, block, lanes: int) -> None:
     if n_sp == 0:
         return
     spatial, reduction = list(loops[:n_sp]), list(loops[n_sp:])
-    vec = None
+    vec, rows = None, None
     width = _vector_width(_extent(sch, spatial[-1]), lanes)
     if width:
         outer, vec = sch.split(spatial[-1], factors=[None, width])
         spatial[-1] = outer
         if reduction:
-            sch.reorder(*spatial, *reduction, vec)
+            # register blocking: ROWS accumulators of the next spatial loop share each
+            # vector load of the reduction's operand (a 4x8 tile of outputs in registers)
+            if len(spatial) >= 2:
+                r = _row_block(_extent(sch, spatial[-2]))
+                if r:
+                    spatial[-2], rows = sch.split(spatial[-2], factors=[None, r])
+            sch.reorder(*spatial, *reduction, *([rows] if rows is not None else []), vec)
     par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     sch.parallel(par)
     if vec is None:
         return
+    # vectorize while the block still carries its init (a "local reduction block"), then
+    # split off the init: after decompose_reduction the update block is neither complete nor
+    # a reduction block, and vectorize refuses it (as MetaSchedule's postprocessors order it)
+    sch.vectorize(vec)
+    if rows is not None:
+        sch.unroll(rows)
+        if local_acc:
+            # accumulate the tile in a local buffer written back once per tile: LLVM keeps a
+            # small constant-indexed local array in registers, a global output it reloads
+            wb = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(wb, par)
+            sch.vectorize(sch.get_loops(wb)[-1])
     if reduction:
         init = sch.decompose_reduction(block, reduction[0])
         sch.vectorize(sch.get_loops(init)[-1])
-    sch.vectorize(vec)
 
 
 def _vector_width(extent, lanes: int):
@@ -67,6 +84,14 @@ def _vector_width(extent, lanes: int):
         return lanes
     cands = [d for d in range(max(2, lanes // 2), 2 * lanes + 1) if extent % d == 0]
     return max(cands) if cands else None
+
+
+def _row_block(extent):
+    """How many rows of outputs a reduction keeps in registers: 4 (or 2) when it divides."""
+    for r in (4, 2):
+        if extent and extent > r and extent % r == 0:
+            return r
+    return None
 
 
 def _is_reduction(sch, block) -> bool:
@@ -99,11 +124,15 @@ def schedule_func(func, lanes: int):
             pass
     for name in _blocks(sch):
         # try the full recipe on a fork; keep what worked
-        trial = sch.copy()
-        try:
-            _schedule_block(trial, trial.get_sblock(name), lanes)
-            sch = trial
-        except Exception:
+        for local_acc in (True, False):
+            trial = sch.copy()
+            try:
+                _schedule_block(trial, trial.get_sblock(name), lanes, local_acc)
+                sch = trial
+                break
+            except Exception:
+                continue
+        else:
             try:
                 loops = sch.get_loops(sch.get_sblock(name))
                 if loops:
