@@ -88,7 +88,12 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
                                  node_names=imported.node_names)
     mod = lp.run(imported.mod, ctx)
     table = precision_table(mod, imported, ctx)
-    mod, kernel_default = _dispatch_kernels(mod, spec)
+    dispatch_report: list = []
+    mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report)
+    int8_kernels = _summarize_dispatch(dispatch_report)
+    if int8_kernels["by_variant"]:
+        _log("qcompile: int8 kernels by dot-product variant: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(int8_kernels["by_variant"].items())), quiet)
     fused, kernel_map = codegen.fuse_with_map(mod, target, config.fast_math)
     database, tune_summary = None, None
     if config.tuning_db:
@@ -145,6 +150,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
         "ops": table["ops"],
         "precision_summary": table["summary"],
         "notes": ctx.notes,
+        "int8_kernels": int8_kernels,
         "kernels": _kernel_rows(fused, kernel_map, imported.node_names),
     }
     if executable is None:
@@ -164,9 +170,20 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     return BuildResult(out, meta, secs)
 
 
-def _dispatch_kernels(mod, spec):
+def _summarize_dispatch(report: list) -> dict:
+    """model.json `int8_kernels`: per integer op its kernel template and dot-product variant
+    (vnni; widen/widen16: exact widened s16; fast: saturating vpmaddubsw pair, chosen only
+    where the layer's weights provably cannot saturate), or why it was left alone."""
+    by_variant: dict[str, int] = {}
+    for e in report:
+        if "left_alone" not in e:
+            by_variant[e.get("variant") or "?"] = by_variant.get(e.get("variant") or "?", 0) + 1
+    return {"by_variant": by_variant, "ops": report}
+
+
+def _dispatch_kernels(mod, spec, report: list | None = None):
     """Rewrite integer ops into the target's kernel templates; returns (mod, default-schedule
-    function for those templates or None)."""
+    function for those templates or None); `report` receives the x86 dispatch entries."""
     from . import schedules
 
     if spec.family == "opencl":
@@ -176,7 +193,7 @@ def _dispatch_kernels(mod, spec):
     dispatch = getattr(schedules, "dispatch_for", None)
     if dispatch is None:
         return mod, None
-    return dispatch(mod, spec)
+    return dispatch(mod, spec, report=report)
 
 
 def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:

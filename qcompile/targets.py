@@ -30,6 +30,10 @@ class Int8Capability:
     data_layout: str
     weight_layout: str
     dense_weight_layout: str
+    # what `qcompile quantize --overflow-fix auto` does for this target: "all" gives 7-bit
+    # weights, with which a `widen` target's kernels may use the saturating vpmaddubsw pair
+    # (proven exact per layer at build time); "none" where the dot product cannot saturate
+    ptq_overflow_fix: str = "none"
 
 
 @dataclasses.dataclass(frozen=True)

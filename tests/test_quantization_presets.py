@@ -205,3 +205,27 @@ def test_attention_probabilities_matmul_stays_fp32():
     assert "reads the output of Softmax 'softmax'" in r.plan.fp32["pv"][1]
     qk = r.plan.ops["qk"].inputs
     assert {r.plan.quantizers[q].kind for q in qk.values()} == {"activation"} and len(qk) == 2
+
+
+def test_overflow_fix_auto_follows_the_target_and_enables_the_fast_kernels(tmp_path):
+    """--overflow-fix auto (default) reads the target's data: 7-bit weights for avx2 (a
+    `widen` target), so every conv/dense of the build may use the saturating vpmaddubsw pair,
+    proven exact per layer; 8-bit weights for avx512-vnni (vpdpbusd cannot saturate)."""
+    import json
+
+    import onnx
+
+    from qcompile.build import BuildConfig, build
+
+    r2 = quantize_detailed(conv_net(), conv_data(8), target="avx2")
+    rv = quantize_detailed(conv_net(), conv_data(8), target="avx512-vnni")
+    assert r2.report["config"]["overflow_fix"] == "all"
+    assert rv.report["config"]["overflow_fix"] == "none"
+    for name, r in (("q7", r2), ("q8", rv)):
+        onnx.save(r.model("fq"), tmp_path / f"{name}.onnx")
+        build(str(tmp_path / f"{name}.onnx"), BuildConfig(target="avx2"), tmp_path / name,
+              quiet=True)
+    v7 = json.loads((tmp_path / "q7" / "model.json").read_text())["int8_kernels"]["by_variant"]
+    v8 = json.loads((tmp_path / "q8" / "model.json").read_text())["int8_kernels"]["by_variant"]
+    assert set(v7) == {"fast"} and v7["fast"] >= 4
+    assert "fast" not in v8 or set(v8) != {"fast"}     # 8-bit weights: exact widened kernels

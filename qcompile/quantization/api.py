@@ -122,11 +122,13 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     threads = cfg.threads or None
     batch = cfg.batch_size if _dynamic_batch(prepared) else 1
     half = frozenset()
+    if cfg.overflow_fix == "auto":   # the target's data decides (targets/*.toml)
+        cfg = dataclasses.replace(cfg, overflow_fix=spec.int8.ptq_overflow_fix)
+        log(f"overflow fix for target {spec.name}: {cfg.overflow_fix}")
     if cfg.overflow_fix == "first-layer":
         half = frozenset(first_layer_weights(g, plan))
     elif cfg.overflow_fix == "all":
-        half = frozenset(q for q in plan.quantizers.values() if q.kind == "weight")
-        half = frozenset(q.qid for q in half)
+        half = frozenset(q.qid for q in plan.quantizers.values() if q.kind == "weight")
     elif cfg.overflow_fix != "none":
         raise QuantizationError(f"--overflow-fix {cfg.overflow_fix!r}: use none, first-layer "
                                 "or all")

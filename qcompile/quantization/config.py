@@ -32,13 +32,14 @@ class QuantizeConfig:
                             help="per-channel weight range: minmax (abs max, default) or mse")
     percentile: float = flag(99.99, help="percentile for --activation-stat percentile")
     histogram_bins: int = flag(2048, help="histogram bins for percentile/mse/kl")
-    overflow_fix: str = flag("none", choices=["none", "first-layer", "all"],
+    overflow_fix: str = flag("auto", choices=["auto", "none", "first-layer", "all"],
                              help="use half the weight range (7-bit weights, |q| <= 64) in the "
-                                  "first / all weighted layers, so int8 kernels without VNNI "
-                                  "(vpmaddubsw: s16 pair sums) cannot saturate in runtimes that "
-                                  "do not widen, e.g. OpenVINO on AVX2 (NNCF's default is "
-                                  "first-layer). qcompile's own kernels never saturate: "
-                                  "default none")
+                                  "first / all weighted layers. auto (default): what the "
+                                  "target's data says (targets/*.toml ptq_overflow_fix): 'all' "
+                                  "on avx2/avx512/sse4.2, whose kernels then use the faster "
+                                  "saturating vpmaddubsw pair exactly; 'none' with VNNI. "
+                                  "first-layer is NNCF's default, for runtimes that saturate "
+                                  "(OpenVINO on AVX2)")
     fast_bias_correction: bool = flag(True, help="shift biases of Conv/Gemm/MatMul layers to "
                                                  "undo the mean error quantization adds")
     fold_batchnorm: bool = flag(True, help="fold BatchNormalization into the Conv before it")
