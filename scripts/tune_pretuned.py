@@ -48,8 +48,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+MODEL_SUFFIX = "_ort"   # --model-suffix: <name><suffix>.onnx in --models
+
+
 def model_path(models: Path, name: str) -> Path:
-    return models / f"{name}_ort.onnx"
+    return models / f"{name}{MODEL_SUFFIX}.onnx"
 
 
 def make_models(models: Path, names: list[str]) -> None:
@@ -133,7 +136,9 @@ def export(args, names: list[str], runs: dict, tasks: list) -> Path:
     models_info = dict(old_info.get("models", {}))
     for name in names:
         models_info[name] = {**models_info.get(name, {}), **runs.get(name, {}),
-                             "file": f"{name}_ort.onnx (scripts/make_lpt_models.py --tools ort)"}
+                             "file": f"{name}{MODEL_SUFFIX}.onnx"
+                             + (f" ({args.model_note})" if args.model_note else
+                                " (scripts/make_lpt_models.py --tools ort)")}
     cpu = cpu_name()
     if args.rpc:
         from qcompile.tuning import rpc as rpcm
@@ -200,6 +205,9 @@ def main(argv=None) -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--models", type=Path, required=True, help="directory of <name>_ort.onnx")
     p.add_argument("--only", default=",".join(MODELS))
+    p.add_argument("--model-suffix", default="_ort", help="models are <name><suffix>.onnx "
+                   "(default _ort: ONNX Runtime QDQ; e.g. _q7 for `qcompile quantize` output)")
+    p.add_argument("--model-note", default="", help="how the models were made (recorded)")
     p.add_argument("--make-models", action="store_true", help="create the models first")
     p.add_argument("--work-db", type=Path, help="tuning database to tune into (resumable)")
     p.add_argument("--trials-per-task", type=int, default=16)
@@ -213,6 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--check", action="store_true", help="only report coverage")
     p.add_argument("--note", default="", help="added to qcompile-pretuned.json")
     args = p.parse_args(argv)
+    global MODEL_SUFFIX
+    MODEL_SUFFIX = args.model_suffix
     names = [n for n in args.only.split(",") if n]
     if args.make_models:
         make_models(args.models, names)
