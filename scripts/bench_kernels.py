@@ -108,6 +108,9 @@ def _requant(bb, acc, c_shape, channels, lanes):
     return bb.emit(relax.op.astype(relax.op.clip(f, 0, 255), "uint8"))
 
 
+SEVEN_BIT = False  # --weights 7bit
+
+
 def int8_module(kind: str, p: dict, spec):
     """(fused, unscheduled Relax module, input arrays) of the int8 kernel + requantize."""
     from tvm import relax
@@ -116,18 +119,22 @@ def int8_module(kind: str, p: dict, spec):
     from qcompile.schedules.x86 import compute, intrinsics, packing
 
     rng = np.random.default_rng(0)
-    # the exact kernel the dispatch would pick for this shape (full-range s8 weights)
+    # the kernel the dispatch would pick for this shape: exact for full-range s8 weights, the
+    # saturating `fast` pair for 7-bit weights (--weights 7bit: qcompile quantize's avx2 output)
     if kind == "dense":
         s16 = intrinsics.s16_activations_pay_off(p["k"] % 4 != 0, p["n"])
     else:
         s16 = intrinsics.s16_activations_pay_off(p["p"] > 0, p["oc"] * p["k"] * p["k"])
-    info = intrinsics.select(spec.int8, weights_safe=False, s16_activations=s16,
+    wlo, whi = (-64, 65) if SEVEN_BIT else (-128, 128)
+    info = intrinsics.select(spec.int8, weights_safe=SEVEN_BIT and
+                             intrinsics.weights_fit_s16_pairs(np.full((1, 4), 64)),
+                             s16_activations=s16,
                              exact_variant=os.environ.get("QCOMPILE_X86_EXACT_VARIANT"))
     lanes = info.lanes
     bb = relax.BlockBuilder()
     if kind == "dense":
         x = rng.integers(0, 256, (p["m"], p["k"])).astype(np.uint8)
-        w = rng.integers(-128, 128, (p["k"], p["n"])).astype(np.int8)
+        w = rng.integers(wlo, whi, (p["k"], p["n"])).astype(np.int8)
         xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
         with bb.function("main", [xv]):
             with bb.dataflow():
@@ -139,7 +146,7 @@ def int8_module(kind: str, p: dict, spec):
     else:
         cb = packing.data_block(p["ic"], lanes)
         x = rng.integers(0, 256, (1, p["ic"], p["hw"], p["hw"])).astype(np.uint8)
-        w = rng.integers(-128, 128, (p["oc"], p["ic"], p["k"], p["k"])).astype(np.int8)
+        w = rng.integers(wlo, whi, (p["oc"], p["ic"], p["k"], p["k"])).astype(np.int8)
         xc = packing.nchw_to_nchwc(x, cb)
         xv = relax.Var("x", relax.TensorType(xc.shape, "uint8"))
         occ = -(-p["oc"] // lanes)
@@ -181,10 +188,15 @@ def int8_timers(kind, p, spec, trials: int, work_dir: Path, reuse: bool = False)
 
     from qcompile.schedules.x86 import schedule, tuning
 
+    from qcompile import codegen
+
     fused, x, info = int8_module(kind, p, spec)
     target = spec.tvm_target()
-    default = schedule.apply_default_schedules(fused, spec)
-    t_def = vm_timer(tvm.compile(default, target=target), [x])
+    # the build's own pipeline (codegen.compile_fused): a plain tvm.compile re-lowers with
+    # TVM's default passes, which do not keep the templates' parallel schedules
+    t_def = vm_timer(codegen.compile_fused(
+        fused, target, default_schedule=lambda m, _t: schedule.apply_default_schedules(m, spec)),
+        [x])
     t_tuned = None
     if trials > 0:
         name = next(gv.name_hint for gv, f in fused.functions.items()
@@ -203,8 +215,9 @@ def int8_timers(kind, p, spec, trials: int, work_dir: Path, reuse: bool = False)
             tuned.update_func(tuned.get_global_var(name),
                               sch.mod["main"].with_attr("tir.is_scheduled", True)
                               .without_attr("global_symbol"))
-            tuned = schedule.apply_default_schedules(tuned, spec)
-            t_tuned = vm_timer(tvm.compile(tuned, target=target), [x])
+            t_tuned = vm_timer(codegen.compile_fused(
+                tuned, target,
+                default_schedule=lambda m, _t: schedule.apply_default_schedules(m, spec)), [x])
     return t_def, t_tuned, info
 
 
@@ -265,7 +278,12 @@ def main(argv=None) -> int:
     ap.add_argument("--work-dir", default=None, help="MetaSchedule work dir (default: temp)")
     ap.add_argument("--reuse-db", action="store_true",
                     help="re-measure from the tuning databases already in --work-dir")
+    ap.add_argument("--weights", choices=["8bit", "7bit"], default="8bit",
+                    help="weight range of the benchmarked kernels: 8bit (exact widened kernels "
+                    "on avx2) or 7bit (|w| <= 64: the dispatch picks the `fast` vpmaddubsw pair)")
     args = ap.parse_args(argv)
+    global SEVEN_BIT
+    SEVEN_BIT = args.weights == "7bit"
 
     import tvm  # noqa: F401
 
@@ -280,8 +298,10 @@ def main(argv=None) -> int:
     peaks = measure_peaks(threads)
     for name, g in peaks.items():
         print(f"  measured peak {name:42s} {g:8.1f} GOPS")
-    peak_key = ("int8 vpmaddwd s16 (widened, exact)" if spec.int8.saturation == "widen"
-                else None)
+    peak_key = None
+    if spec.int8.saturation == "widen":
+        peak_key = next((k for k in peaks if ("saturat" in k) == SEVEN_BIT and "int8" in k),
+                        None)
     rows = []
     only = [s for s in args.only.split(",") if s]
     for name, (kind, p) in SHAPES.items():
