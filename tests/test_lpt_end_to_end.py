@@ -57,6 +57,7 @@ def test_fake_quantize_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "relu1" in out and "conv1" not in out
     assert out.strip().endswith("9 of 10 compute ops in INT8; f32: [Softmax 'prob']")
+    assert "int8 kernels by dot-product variant: " in out     # fast / widen16 / widen
     x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
     mod, _ = passes(m)
     integers_exact(mod, x)

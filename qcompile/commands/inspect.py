@@ -22,10 +22,15 @@ def run(args) -> int:
         ops = [r for r in ops if r.get("precision") != "int8"]
     if args.json:
         print(json.dumps({"ops": ops, "summary": meta.get("precision_summary"),
-                          "notes": meta.get("notes")}, indent=2))
+                          "notes": meta.get("notes"),
+                          "int8_kernels": meta.get("int8_kernels")}, indent=2))
         return 0
     t = meta.get("target", {})
     print(f"{args.build_dir}: target {t.get('name')}, inputs "
           f"{[(i['name'], i['shape'], i['dtype']) for i in meta['inputs']]}")
+    kernels = (meta.get("int8_kernels") or {}).get("by_variant") or {}
+    if kernels:  # fast = saturating vpmaddubsw pair, chosen only where proven exact
+        print("int8 kernels by dot-product variant: "
+              + ", ".join(f"{k} {v}" for k, v in sorted(kernels.items())))
     print(format_table({**meta, "ops": ops}))
     return 0
