@@ -85,16 +85,7 @@ class CompiledModel:
     run = __call__
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        feed = {}
-        for t in self.inputs:
-            if np.issubdtype(np.dtype(t.dtype), np.floating):
-                feed[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
-            else:
-                info = np.iinfo(t.dtype)
-                feed[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1,
-                                            t.shape).astype(t.dtype)
-        return feed
+        return random_feed(self.inputs, seed)
 
     def time_runs(self, feed: Mapping[str, Any], niter: int, warmup: int = 3) -> np.ndarray:
         """Seconds per run for `niter` runs (after `warmup` untimed ones)."""
@@ -148,3 +139,18 @@ def load(build_dir: str | os.PathLike, profile: bool = False):
     from . import runtimes
 
     return runtimes.load(kind, build_dir, meta, profile=profile)
+
+
+def random_feed(inputs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded inputs for a model's input specs (`.name/.shape/.dtype`): N(0, 1) for floats,
+    integers within [-128, 127] clipped to the dtype (the CPU and OpenCL runners share it)."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for t in inputs:
+        if np.issubdtype(np.dtype(t.dtype), np.floating):
+            feed[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
+        else:
+            info = np.iinfo(t.dtype)
+            feed[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1,
+                                        t.shape).astype(t.dtype)
+    return feed

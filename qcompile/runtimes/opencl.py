@@ -156,16 +156,9 @@ class OpenCLModel:
     run = __call__
 
     def random_inputs(self, seed: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        feed = {}
-        for t in self.inputs:
-            if np.issubdtype(np.dtype(t.dtype), np.floating):
-                feed[t.name] = rng.standard_normal(t.shape).astype(t.dtype)
-            else:
-                info = np.iinfo(t.dtype)
-                feed[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1,
-                                            t.shape).astype(t.dtype)
-        return feed
+        from ..runtime import random_feed
+
+        return random_feed(self.inputs, seed)
 
     def time_runs(self, feed: Mapping[str, Any], niter: int, warmup: int = 3) -> np.ndarray:
         """Seconds per run (all launches, inputs already on the device) for `niter` runs."""
