@@ -55,6 +55,38 @@ def ints(v) -> list[int]:
     return [int(x.value) if hasattr(x, "value") else int(x) for x in v]
 
 
+# Lenient accessors for the int8 kernel dispatchers (x86 and OpenCL): any type with a
+# dtype/shape (not only TensorType), and attributes as the raw TVM objects.
+def loose_shape(expr) -> tuple[int, ...] | None:
+    ty = getattr(expr, "ty", None)
+    shape = getattr(ty, "shape", None)
+    if shape is None:
+        return None
+    try:
+        return tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        return None
+
+
+def loose_dtype(expr) -> str | None:
+    ty = getattr(expr, "ty", None)
+    return str(ty.dtype) if ty is not None and hasattr(ty, "dtype") else None
+
+
+def raw_attr(call, key, default=None):
+    attrs = call.attrs
+    if attrs is None:
+        return default
+    try:
+        return attrs[key]
+    except (KeyError, TypeError, AttributeError, IndexError):
+        return getattr(attrs, key, default)
+
+
+def pyval(v):
+    return v.value if hasattr(v, "value") else v
+
+
 @dataclasses.dataclass(frozen=True)
 class QParams:
     """Scale / zero point of a (de)quantize: per tensor (0-d) or per axis (1-d along `axis`)."""

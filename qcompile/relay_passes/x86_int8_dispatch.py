@@ -43,6 +43,8 @@ from tvm import relax
 
 from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops
 from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
+from ._common import loose_dtype as _dtype, loose_shape as _shape
+from ._common import pyval as _pyval, raw_attr as _attr
 
 __all__ = ["dispatch", "X86Int8Dispatch", "fuse", "lower", "apply_default_schedules"]
 
@@ -63,38 +65,6 @@ class _Blocked:
     channels: int
     lanes: int
     nchw_shape: tuple[int, ...]
-
-
-def _shape(expr) -> tuple[int, ...] | None:
-    ty = getattr(expr, "ty", None)
-    shape = getattr(ty, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        return None
-
-
-def _dtype(expr) -> str | None:
-    ty = getattr(expr, "ty", None)
-    return str(ty.dtype) if ty is not None and hasattr(ty, "dtype") else None
-
-
-def _attr(call, key, default=None):
-    attrs = call.attrs
-    if attrs is None:
-        return default
-    try:
-        return attrs[key]
-    except (KeyError, TypeError, AttributeError, IndexError):
-        return getattr(attrs, key, default)
-
-
-def _pyval(v):
-    if hasattr(v, "value"):
-        return v.value
-    return v
 
 
 @relax.expr_functor.mutator

@@ -31,36 +31,8 @@ import tvm
 from tvm import relax
 
 from . import compute
-
-
-def _shape(expr):
-    ty = getattr(expr, "ty", None)
-    shape = getattr(ty, "shape", None)
-    if shape is None:
-        return None
-    try:
-        return tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        return None
-
-
-def _dtype(expr):
-    ty = getattr(expr, "ty", None)
-    return str(ty.dtype) if ty is not None and hasattr(ty, "dtype") else None
-
-
-def _attr(call, key, default=None):
-    attrs = call.attrs
-    if attrs is None:
-        return default
-    try:
-        return attrs[key]
-    except (KeyError, TypeError, AttributeError, IndexError):
-        return getattr(attrs, key, default)
-
-
-def _pyval(v):
-    return v.value if hasattr(v, "value") else v
+from ...relay_passes._common import loose_dtype as _dtype, loose_shape as _shape
+from ...relay_passes._common import pyval as _pyval, raw_attr as _attr
 
 
 class _Skip(Exception):
