@@ -50,29 +50,7 @@ class CompiledModel:
     def _check(self, feed: Mapping[str, Any]) -> list:
         import tvm
 
-        if not isinstance(feed, Mapping):
-            raise InputError("inputs must be a dict {input name: numpy array}; the model's "
-                             f"inputs are {[t.name for t in self.inputs]}")
-        names = [t.name for t in self.inputs]
-        unknown = [k for k in feed if k not in names]
-        missing = [n for n in names if n not in feed]
-        if unknown or missing:
-            raise InputError(f"input names do not match the model: unknown {unknown}, missing "
-                             f"{missing}; the model's inputs are {names}")
-        args = []
-        for spec in self.inputs:
-            arr = feed[spec.name]
-            if not isinstance(arr, np.ndarray):
-                arr = np.asarray(arr)
-            if tuple(arr.shape) != tuple(spec.shape):
-                raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, the model "
-                                 f"was built for {list(spec.shape)} (rebuild with --input-shape "
-                                 f"{spec.name}={','.join(map(str, arr.shape))} to change it)")
-            if arr.dtype != np.dtype(spec.dtype):
-                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects "
-                                 f"{spec.dtype}; convert it with .astype('{spec.dtype}')")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(arr), self.device))
-        return args
+        return [tvm.runtime.tensor(a, self.device) for a in check_feed(self.inputs, feed)]
 
     def _outputs(self, res) -> dict[str, np.ndarray]:
         items = list(res) if len(self.outputs) > 1 else [res]
@@ -154,3 +132,30 @@ def random_feed(inputs, seed: int = 0) -> dict[str, np.ndarray]:
             feed[t.name] = rng.integers(max(info.min, -128), min(info.max, 127) + 1,
                                         t.shape).astype(t.dtype)
     return feed
+
+
+def check_feed(inputs, feed: Mapping[str, Any]) -> list[np.ndarray]:
+    """The feed's arrays in the order of `inputs` (specs with .name/.shape/.dtype), contiguous;
+    a clear InputError for a non-dict, unknown/missing names, a wrong shape or dtype (the CPU
+    and OpenCL runners share it)."""
+    if not isinstance(feed, Mapping):
+        raise InputError("inputs must be a dict {input name: numpy array}; the model's "
+                         f"inputs are {[t.name for t in inputs]}")
+    names = [t.name for t in inputs]
+    unknown = [k for k in feed if k not in names]
+    missing = [n for n in names if n not in feed]
+    if unknown or missing:
+        raise InputError(f"input names do not match the model: unknown {unknown}, missing "
+                         f"{missing}; the model's inputs are {names}")
+    arrs = []
+    for spec in inputs:
+        arr = np.asarray(feed[spec.name])
+        if tuple(arr.shape) != tuple(spec.shape):
+            raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, the model "
+                             f"was built for {list(spec.shape)} (rebuild with --input-shape "
+                             f"{spec.name}={','.join(map(str, arr.shape))} to change it)")
+        if arr.dtype != np.dtype(spec.dtype):
+            raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects "
+                             f"{spec.dtype}; convert it with .astype('{spec.dtype}')")
+        arrs.append(np.ascontiguousarray(arr))
+    return arrs

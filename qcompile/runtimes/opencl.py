@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import ArtifactError, InputError
+from ..errors import ArtifactError
 from ..frontend import TensorSpec
 from ..gpu import opencl as ocl
 
@@ -101,27 +101,9 @@ class OpenCLModel:
 
     # ---- inputs ------------------------------------------------------------------------
     def _check(self, feed: Mapping[str, Any]) -> list[np.ndarray]:
-        if not isinstance(feed, Mapping):
-            raise InputError("inputs must be a dict {input name: numpy array}; the model's "
-                             f"inputs are {[t.name for t in self.inputs]}")
-        names = [t.name for t in self.inputs]
-        unknown = [k for k in feed if k not in names]
-        missing = [n for n in names if n not in feed]
-        if unknown or missing:
-            raise InputError(f"input names do not match the model: unknown {unknown}, missing "
-                             f"{missing}; the model's inputs are {names}")
-        arrs = []
-        for spec in self.inputs:
-            arr = np.asarray(feed[spec.name])
-            if tuple(arr.shape) != tuple(spec.shape):
-                raise InputError(f"input {spec.name!r} has shape {list(arr.shape)}, the model "
-                                 f"was built for {list(spec.shape)} (rebuild with --input-shape "
-                                 f"{spec.name}={','.join(map(str, arr.shape))} to change it)")
-            if arr.dtype != np.dtype(spec.dtype):
-                raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects "
-                                 f"{spec.dtype}; convert it with .astype('{spec.dtype}')")
-            arrs.append(np.ascontiguousarray(arr))
-        return arrs
+        from ..runtime import check_feed
+
+        return check_feed(self.inputs, feed)
 
     def _upload(self, arrs) -> None:
         cl = self.cl_ctx.cl
