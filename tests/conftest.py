@@ -40,6 +40,18 @@ def mlp_path(tmp_path):
 
 
 @pytest.fixture
+def other_x86_target():
+    """An x86 target that is *not* the one `--target host` resolves to on this CPU (tests
+    that need "a database / record of another target" must not hard-code one: on a VNNI host
+    `avx512-vnni` is the host)."""
+    from qcompile import targets
+
+    host = targets.detect_host().name
+    others = [t for t in targets.all_targets().values() if t.family == "x86" and t.name != host]
+    return max(others, key=lambda t: t.host_priority)
+
+
+@pytest.fixture
 def cnn_model():
     from qcompile.demo import make_demo_model
 
