@@ -14,12 +14,17 @@ from typing import Any
 def _pre_fusion_passes(fast_math: bool = False):
     from tvm import relax
 
+    from .schedules import vector_math
+
     return [
         # --fast-math: erf/exp/tanh as TVM's rational/polynomial approximations (|err| ~1e-7
-        # in f32; BERT's GELU erf 4x faster), off by default to keep f32 ops exact
+        # in f32), off by default. The default build legalizes f32 exp / erf / softmax with
+        # qcompile's vectorizable versions (<= 2 ulp, schedules/vector_math.py) instead of
+        # TVM's, which LLVM can only scalarize into libm calls.
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.transform.DecomposeOpsForInference(),
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(
+            customize_legalize_map=None if fast_math else vector_math.legalize_map()),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

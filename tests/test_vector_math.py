@@ -1,0 +1,131 @@
+"""Numerics of qcompile's vectorizable f32 exp / erf / softmax (schedules/vector_math.py):
+max error in ulp against the correctly rounded value, and that they compile to vector code
+(no libm calls) in the exact build."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import qcompile  # noqa: F401
+
+
+N = 1 << 17
+
+
+def _build(fn, n=N):
+    import tvm
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from qcompile import targets
+
+    a = te.placeholder((n,), "float32", name="a")
+    b = fn(a)
+    sch = Schedule(te.create_prim_func([a, b]))
+    (i,) = sch.get_loops(sch.get_sblock(b.op.name))
+    _, ii = sch.split(i, [None, 16])
+    sch.vectorize(ii)
+    return tvm.compile(sch.mod, target=targets.detect_host().tvm_target())
+
+
+def _run(ex, x):
+    import tvm
+
+    y = tvm.runtime.tensor(np.zeros_like(x))
+    ex(tvm.runtime.tensor(x), y)
+    return y.numpy()
+
+
+def _ulps(got, ref64):
+    ref32 = ref64.astype(np.float32)
+    return np.abs(got.astype(np.float64) - ref64) / np.spacing(np.abs(ref32)).astype(np.float64)
+
+
+def _sample(lo, hi, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.uniform(lo, hi, N // 2), np.linspace(lo, hi, N - N // 2)])
+    return x.astype(np.float32)
+
+
+def test_erf_max_error_is_two_ulp():
+    from qcompile.schedules import vector_math as vm
+
+    x = _sample(-5.0, 5.0)
+    # the piece borders and tiny arguments, where a piecewise fit fails first
+    borders = [vm.ERF_SMALL_BOUND] + [b for b, _, _ in vm.ERF_PIECES]
+    extra = np.array([s * np.nextafter(np.float32(b), d) for b in borders for s in (1, -1)
+                      for d in (0, 10)] + [1e-30, -1e-20, 1e-6, 0.0], np.float32)
+    x = np.concatenate([x, extra]).astype(np.float32)
+    x = np.resize(x, N)
+    x[-len(extra):] = extra
+    got = _run(_build(vm.erf_te), x)
+    ref = np.array([math.erf(float(v)) for v in x.astype(np.float64)])
+    err = _ulps(got, ref)
+    assert err.max() <= 2.0, (err.max(), x[err.argmax()])
+    assert np.all(got[x == 0] == 0) and np.all(np.abs(got) <= 1)
+
+
+def test_exp_max_error_is_two_ulp_and_limits():
+    from qcompile.schedules import vector_math as vm
+
+    x = _sample(vm.EXP_MIN, vm.EXP_MAX)
+    got = _run(_build(vm.exp_te), x)
+    err = _ulps(got, np.exp(x.astype(np.float64)))
+    assert err.max() <= 2.0, (err.max(), x[err.argmax()])
+    edge = np.resize(np.array([-1000.0, -88.0, 89.0, 1000.0, 0.0], np.float32), N)
+    e = _run(_build(vm.exp_te), edge)[:5]
+    assert e[0] == 0 and e[1] < 1e-37 and np.isinf(e[2]) and np.isinf(e[3]) and e[4] == 1.0
+
+
+def test_softmax_matches_float64():
+    import tvm
+    from tvm import relax
+
+    from qcompile import codegen, targets
+
+    x = np.random.default_rng(1).normal(0, 4, (3, 7, 128)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.softmax(xv, axis=-1))
+        bb.emit_func_output(out)
+    spec = targets.detect_host()
+    fused = codegen.fuse(bb.get(), spec.tvm_target())
+    assert any(gv.name_hint.startswith("softmax") for gv in fused.functions)
+    ex = codegen.compile_fused(fused, spec.tvm_target())
+    vm_ = relax.VirtualMachine(ex, tvm.cpu())
+    got = vm_["main"](tvm.runtime.tensor(x)).numpy()
+    # the f32 subtraction x - max is part of the formula (exp amplifies its rounding by |d|)
+    d = (x - x.max(-1, keepdims=True)).astype(np.float64)
+    ref = np.exp(d)
+    ref /= ref.sum(-1, keepdims=True)
+    # exp <= 2 ulp, the f32 sum of 128 terms and one division: well under 1e-6
+    assert np.max(np.abs(got - ref) / ref) < 1e-6
+
+
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_exact_build_has_no_libm_calls(fast_math):
+    """The default build legalizes erf/exp with the vector versions (no scalar erff/expf);
+    --fast-math keeps TVM's own approximations."""
+    from tvm import relax
+
+    from qcompile import codegen, targets
+
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((64, 64), "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            g = bb.emit(relax.op.multiply(xv, relax.op.erf(xv)))
+            out = bb.emit_output(relax.op.exp(g))
+        bb.emit_func_output(out)
+    spec = targets.detect_host()
+    fused = codegen.fuse(bb.get(), spec.tvm_target(), fast_math=fast_math)
+    ex = codegen.compile_fused(fused, spec.tvm_target())
+    asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports)
+                  if m.kind == "llvm")
+    assert "erff" not in asm and "expf" not in asm
+    names = [gv.name_hint for gv in fused.functions]
+    assert any("verf" in n for n in names) != fast_math, names
