@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 
-def _pre_fusion_passes(fast_math: bool = False):
+def _pre_fusion_passes(fast_math: bool = False, cpu: bool = True):
     from tvm import relax
 
     from .schedules import vector_math
 
+    # (OpenCL has vector exp/erf built in: the overrides are for LLVM CPU targets only)
+    exact_vector_math = cpu and not fast_math
     return [
         # --fast-math: erf/exp/tanh as TVM's rational/polynomial approximations (|err| ~1e-7
         # in f32), off by default. The default build legalizes f32 exp / erf / softmax with
@@ -24,7 +26,7 @@ def _pre_fusion_passes(fast_math: bool = False):
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(
-            customize_legalize_map=None if fast_math else vector_math.legalize_map()),
+            customize_legalize_map=vector_math.legalize_map() if exact_vector_math else None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -45,8 +47,12 @@ def fuse_with_map(mod, target, fast_math: bool = False):
     import tvm
     from tvm import relax
 
+    from .tvm_compat import vectorize_nearbyint
+
+    vectorize_nearbyint()
     with target, tvm.transform.PassContext(opt_level=3):
-        grouped = tvm.transform.Sequential(_pre_fusion_passes(fast_math))(mod)
+        passes = _pre_fusion_passes(fast_math, cpu=target.kind.name == "llvm")
+        grouped = tvm.transform.Sequential(passes)(mod)
         kernel_map = _kernel_map(grouped)
         fused = tvm.transform.Sequential([relax.transform.FuseTIR(),
                                           relax.transform.DeadCodeElimination()])(grouped)
@@ -90,6 +96,9 @@ def compile_fused(mod, target, database=None, default_schedule=None):
     from tvm import relax
 
     from .schedules import generic as default_sched
+    from .tvm_compat import vectorize_nearbyint
+
+    vectorize_nearbyint()
 
     @tvm.transform.module_pass(opt_level=3, name="qcompile.Schedule")
     def _schedule(m, _ctx):

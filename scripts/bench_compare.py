@@ -7,6 +7,10 @@ Each case is LABEL=KIND:PATH with KIND one of
   ov         an ONNX file run by OpenVINO's CPU plugin (its default precision; int8 models
              run in int8)
   ov-f32     the same with INFERENCE_PRECISION_HINT=f32 (OpenVINO's default here is bf16)
+  ov@ISA     OpenVINO's CPU plugin with oneDNN capped at ISA (ONEDNN_MAX_CPU_ISA, e.g.
+             ov@AVX512_CORE_VNNI on a CPU with AMX: the ISA qcompile's avx512-vnni target
+             uses). oneDNN reads the cap once per process, so this case runs in a worker
+             subprocess (still interleaved; timings are taken inside the worker).
 All cases get the same random input. Rounds are interleaved (case A, B, C, A, B, C, ...) so a
 noisy shared machine affects every case alike; the table gives medians over all rounds and
 ratios to the --baseline case.
@@ -78,6 +82,64 @@ def make_ov(path, threads, f32=False):
     return names, run, None
 
 
+def make_ov_isa(path, threads, isa):
+    """An OpenVINO case in a worker process with ONEDNN_MAX_CPU_ISA=isa."""
+    import os
+    import subprocess
+    import tempfile
+
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA=isa)
+    proc = subprocess.Popen([sys.executable, __file__, "--worker", f"ov:{path}",
+                             "--threads", str(threads), "--case", "unused=ov:unused"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    names = [tuple(n) for n in json.loads(proc.stdout.readline())]
+    names = [(n, tuple(shape), dt) for n, shape, dt in names]
+    tmp = tempfile.mkdtemp(prefix="qcompile_bench_")
+    state = {"feed_id": None}
+
+    def ask(feed, n, timed):
+        if state["feed_id"] is not id(feed):
+            fpath = os.path.join(tmp, "feed.npz")
+            np.savez(fpath, **feed)
+            proc.stdin.write(f"feed {fpath}\n")
+            proc.stdin.flush()
+            proc.stdout.readline()
+            state["feed_id"] = id(feed)
+        proc.stdin.write(f"{'time' if timed else 'run'} {n}\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    def run(feed):
+        ask(feed, 1, False)
+
+    def timed(feed, n):
+        return ask(feed, n, True)
+
+    return names, run, timed
+
+
+def worker(spec: str, threads: int) -> int:
+    """--worker KIND:PATH: serve 'feed FILE' / 'run N' / 'time N' on stdin (make_ov_isa)."""
+    kind, path = spec.split(":", 1)
+    names, run, _ = KINDS[kind](path, threads)
+    print(json.dumps([[n, list(shape), dt] for n, shape, dt in names]), flush=True)
+    feed = None
+    for line in sys.stdin:
+        cmd, arg = line.split(None, 1)
+        if cmd == "feed":
+            with np.load(arg.strip()) as z:
+                feed = {k: z[k] for k in z.files}
+            print("ok", flush=True)
+            continue
+        times = []
+        for _ in range(int(arg)):
+            t0 = time.perf_counter()
+            run(feed)
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(times if cmd == "time" else []), flush=True)
+    return 0
+
+
 KINDS = {"qcompile": make_qcompile, "ort": make_ort, "ov": make_ov,
          "ov-f32": lambda p, t: make_ov(p, t, f32=True)}
 
@@ -97,15 +159,21 @@ def main(argv=None):
                     help="untimed runs at the start of each case's round")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return worker(args.worker, args.threads)
 
     cases = []
     for c in args.case:
         label, rest = c.split("=", 1)
         kind, path = rest.split(":", 1)
-        if kind not in KINDS:
-            ap.error(f"--case {c}: kind must be one of {sorted(KINDS)}")
-        names, run, timed = KINDS[kind](path, args.threads)
+        if kind.startswith("ov@"):
+            names, run, timed = make_ov_isa(path, args.threads, kind[3:])
+        elif kind not in KINDS:
+            ap.error(f"--case {c}: kind must be one of {sorted(KINDS)} or ov@ISA")
+        else:
+            names, run, timed = KINDS[kind](path, args.threads)
         cases.append({"label": label, "kind": kind, "path": path, "inputs": names, "run": run,
                       "timed": timed, "times": []})
     rng = np.random.default_rng(args.seed)

@@ -15,6 +15,9 @@
 #   ov-int8-nncf-model       OpenVINO CPU on the NNCF model (the baseline)
 #   ov-int8-own-ptq          OpenVINO CPU on qcompile's FakeQuantize model
 #   ort-int8, ort-fp32, ov-fp32 (INFERENCE_PRECISION_HINT=f32)
+#   ov-int8-nncf-vnni        only on a CPU with AMX-INT8: OpenVINO on the NNCF model with
+#                            oneDNN capped at AVX512_CORE_VNNI (its AMX kernels are a different
+#                            ISA from qcompile's avx512-vnni target; both figures are shown)
 set -euo pipefail
 M=$(realpath "$1"); W=$(realpath -m "$2"); ROUNDS=${3:-5}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -45,6 +48,9 @@ done
 for m in "${MODELS[@]}"; do
   echo "=== $m"
   fm=()
+  if grep -q amx_int8 /proc/cpuinfo; then
+    fm+=(--case "ov-int8-nncf-vnni=ov@AVX512_CORE_VNNI:$W/${m}_nncf.onnx")
+  fi
   if [ "$m" = bert_block ]; then
     fm=(--case "qc-int8-own-ptq-fm=qcompile:$W/b_${m}_qc_fm" --case "qc-int8-nncf-model-fm=qcompile:$W/b_${m}_nncf_fm")
   fi

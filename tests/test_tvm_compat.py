@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-import qcompile  # noqa: F401  (installs the workarounds)
+from qcompile import tvm_compat
 
 
 def _vectorized_script(fn):
     import tvm
+
+    tvm_compat.vectorize_nearbyint()
     from tvm import te
     from tvm.s_tir import Schedule
 

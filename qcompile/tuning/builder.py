@@ -15,6 +15,10 @@ def build_candidate(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from qcompile.tvm_compat import vectorize_nearbyint
+
+    vectorize_nearbyint()  # measure what the build will run (vector requantize epilogues)
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
 
