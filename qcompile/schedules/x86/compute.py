@@ -48,14 +48,6 @@ def _i32(x):
     return x.astype("int32")
 
 
-def select(cond, a, b):
-    """`cond ? a : b` evaluating both sides (`tirx.Select`), so TIR's VectorizeLoop keeps the
-    loop vector: `if_then_else` is not vectorizable and turned every padding / K-padding /
-    packing stage into a scalar byte loop (54 of 224 us of a 3x3 64->64 @56 conv, measured on
-    AVX-512 VNNI). Callers clamp `a`'s indices so the untaken side reads in bounds."""
-    return tirx.Select(cond, a, b)
-
-
 def pad_nchwc(data: te.Tensor, pad_hw: tuple[int, int, int, int], pad_value: int,
               name: str = "data_pad", dtype: str | None = None) -> te.Tensor:
     """Spatially pad an NCHW[c]c tensor with `pad_value` (the activation zero point),
@@ -69,7 +61,7 @@ def pad_nchwc(data: te.Tensor, pad_hw: tuple[int, int, int, int], pad_value: int
     n, cc, h, w, cb = data.shape
     return te.compute(
         (n, cc, h + top + bottom, w + left + right, cb),
-        lambda i, c, y, x, b: select(
+        lambda i, c, y, x, b: tirx.if_then_else(
             tirx.all(y >= top, y < h + top, x >= left, x < w + left),
             data[i, c, tirx.max(tirx.min(y - top, h - 1), 0),
                  tirx.max(tirx.min(x - left, w - 1), 0), b].astype(dtype),
@@ -140,7 +132,7 @@ def _pad_k(a: te.Tensor, k4: int, dtype: str = "uint8") -> te.Tensor:
         return te.compute(a.shape, lambda *idx: a[idx].astype(dtype), name="a_widen")
     return te.compute(
         tuple(a.shape[:-1]) + (k4,),
-        lambda *idx: select(
+        lambda *idx: tirx.if_then_else(
             idx[-1] < k, a[idx[:-1] + (tirx.min(idx[-1], k - 1),)].astype(dtype),
             tirx.const(0, dtype)),
         name="a_pad_k")
@@ -194,7 +186,7 @@ def pack_rhs(b: te.Tensor, intrin: str = "", transpose_b: bool = False) -> te.Te
         inb = tirx.all(nn < n, kk < k)
         nn, kk = tirx.min(nn, n - 1), tirx.min(kk, k - 1)
         idx = bidx + ((nn, kk) if transpose_b else (kk, nn))
-        return select(inb, b[idx], tirx.const(0, b.dtype))
+        return tirx.if_then_else(inb, b[idx], tirx.const(0, b.dtype))
 
     if info.variant == "widen":
         shape = bd + (nb, kq, 2, lanes, 2)

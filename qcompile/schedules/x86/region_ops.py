@@ -20,7 +20,7 @@ def to_nchwc(x: te.Tensor, cb: int, pad_value: int = 0) -> te.Tensor:
     cc = -(-c // cb)
     return te.compute(
         (n, cc, h, w, cb),
-        lambda i, o, y, z, b: tirx.Select(  # vectorizable; the index is clamped
+        lambda i, o, y, z, b: tirx.if_then_else(
             o * cb + b < c, x[i, tirx.min(o * cb + b, c - 1), y, z],
             tirx.const(pad_value, x.dtype)),
         name="to_nchwc", attrs={LAYOUT_ATTR: 1})
