@@ -52,7 +52,7 @@ for m in "${MODELS[@]}"; do
     fm+=(--case "ov-int8-nncf-vnni=ov@AVX512_CORE_VNNI:$W/${m}_nncf.onnx")
   fi
   if [ "$m" = bert_block ]; then
-    fm=(--case "qc-int8-own-ptq-fm=qcompile:$W/b_${m}_qc_fm" --case "qc-int8-nncf-model-fm=qcompile:$W/b_${m}_nncf_fm")
+    fm+=(--case "qc-int8-own-ptq-fm=qcompile:$W/b_${m}_qc_fm" --case "qc-int8-nncf-model-fm=qcompile:$W/b_${m}_nncf_fm")
   fi
   python "$HERE/bench_compare.py" "${fm[@]}" \
     --case "qc-int8-own-ptq=qcompile:$W/b_${m}_qc" --case "qc-int8-nncf-model=qcompile:$W/b_${m}_nncf" \

@@ -39,6 +39,12 @@ SHAPES = {
     "conv1x1 256->64 @56": ("conv", dict(ic=256, oc=64, hw=56, k=1, s=1, p=0)),
     "conv7x7 stem 3->64 @224 s2": ("conv", dict(ic=3, oc=64, hw=224, k=7, s=2, p=3)),
     "conv3x3 128->128 @56 s2": ("conv", dict(ic=128, oc=128, hw=56, k=3, s=2, p=1)),
+    "conv1x1 64->256 @56": ("conv", dict(ic=64, oc=256, hw=56, k=1, s=1, p=0)),
+    "conv3x3 256->256 @14": ("conv", dict(ic=256, oc=256, hw=14, k=3, s=1, p=1)),
+    "conv3x3 512->512 @7": ("conv", dict(ic=512, oc=512, hw=7, k=3, s=1, p=1)),
+    "conv1x1 96->24 @56 (mbv2)": ("conv", dict(ic=96, oc=24, hw=56, k=1, s=1, p=0)),
+    "dense 128x768x3072 (ffn1)": ("dense", dict(m=128, k=768, n=3072)),
+    "dense 128x3072x768 (ffn2)": ("dense", dict(m=128, k=3072, n=768)),
 }
 
 PEAK_C = r"""
@@ -69,6 +75,68 @@ double peak_gops(int kind, int threads, long n){
   return 2.0*macs_per_iter*n*threads/t/1e9;
 }
 """
+
+
+# AVX-512 peaks (zmm), built and run only where the CPU has the flags: 24 independent
+# accumulators (vpdpbusd's latency x its throughput needs >= 10 on current cores)
+PEAK512_C = r"""
+#include <pthread.h>
+#include <time.h>
+static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
+#define R3(m,a,b,c) m(a) m(b) m(c)
+#define ACC24(m) R3(m,0,1,2) R3(m,3,4,5) R3(m,6,7,8) R3(m,9,10,11) R3(m,12,13,14) R3(m,15,16,17) R3(m,18,19,20) R3(m,21,22,23)
+#define VNNI(a) "vpdpbusd %%zmm30,%%zmm31,%%zmm" #a "\n"
+#define PAIR(a) "vpmaddubsw %%zmm30,%%zmm31,%%zmm29\n vpmaddwd %%zmm28,%%zmm29,%%zmm29\n vpaddd %%zmm29,%%zmm" #a ",%%zmm" #a "\n"
+#define CLOB "cc","xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15","xmm16","xmm17","xmm18","xmm19","xmm20","xmm21","xmm22","xmm23","xmm28","xmm29","xmm30","xmm31"
+#define LOOP(body) __asm__ volatile("vpxord %%zmm30,%%zmm30,%%zmm30\n vpternlogd $0xff,%%zmm31,%%zmm31,%%zmm31\n" \
+  "vpternlogd $0xff,%%zmm28,%%zmm28,%%zmm28\n 1:\n" body "dec %0\n jnz 1b\n" : "+r"(n) :: CLOB)
+static void k_vnni(long n){LOOP(ACC24(VNNI));}
+static void k_pair(long n){LOOP(ACC24(PAIR));}
+typedef struct {int kind; long n; double t;} job;
+static void* run(void* p){job* j=p; double t0=now(); if(j->kind==0) k_vnni(j->n); else k_pair(j->n);
+  j->t=now()-t0; return 0;}
+double peak_gops(int kind, int threads, long n){
+  pthread_t th[64]; job js[64]; double t=0;
+  for(int i=0;i<threads;i++){js[i].kind=kind;js[i].n=n;pthread_create(&th[i],0,run,&js[i]);}
+  for(int i=0;i<threads;i++){pthread_join(th[i],0); if(js[i].t>t)t=js[i].t;}
+  return 2.0*24*64*n*threads/t/1e9;
+}
+"""
+PEAK_VNNI = "int8 vpdpbusd zmm (AVX-512 VNNI)"
+PEAK_PAIR512 = "int8 vpmaddubsw+vpmaddwd zmm (saturating)"
+
+
+def _build_peak(source: str, flags: list[str], tag: str):
+    tmp = Path(tempfile.mkdtemp(prefix="qcompile_peak_"))
+    src, lib = tmp / f"{tag}.c", tmp / f"{tag}.so"
+    src.write_text(source)
+    cc = os.environ.get("CC", "cc")
+    try:
+        subprocess.run([cc, "-O2", *flags, "-shared", "-fPIC", str(src), "-o", str(lib),
+                        "-lpthread"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as err:
+        print(f"(peak micro-benchmark {tag} not built: {err})")
+        return None
+    so = ctypes.CDLL(str(lib))
+    so.peak_gops.restype = ctypes.c_double
+    so.peak_gops.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    return so
+
+
+def measure_peaks512(threads: int) -> dict[str, float]:
+    """vpdpbusd / zmm pair peaks, only where /proc/cpuinfo has the flags (else {})."""
+    from qcompile.targets import cpu_flags
+
+    flags = cpu_flags()
+    if not {"avx512f", "avx512bw"} <= flags:
+        return {}
+    so = _build_peak(PEAK512_C, ["-mavx512f", "-mavx512bw", "-mavx512vnni"], "peak512")
+    if so is None:
+        return {}
+    out = {PEAK_PAIR512: max(so.peak_gops(1, threads, 5_000_000) for _ in range(3))}
+    if "avx512_vnni" in flags:
+        out[PEAK_VNNI] = max(so.peak_gops(0, threads, 10_000_000) for _ in range(3))
+    return out
 
 
 def measure_peaks(threads: int) -> dict[str, float]:
@@ -299,7 +367,9 @@ def main(argv=None) -> int:
     for name, g in peaks.items():
         print(f"  measured peak {name:42s} {g:8.1f} GOPS")
     peak_key = None
-    if spec.int8.saturation == "widen":
+    if spec.int8.dot_product.startswith("vpdpbusd.512"):
+        peak_key = PEAK_VNNI
+    elif spec.int8.saturation == "widen":
         peak_key = next((k for k in peaks if ("saturat" in k) == SEVEN_BIT and "int8" in k),
                         None)
     rows = []
