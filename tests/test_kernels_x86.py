@@ -395,6 +395,40 @@ def test_depthwise(target):
     np.testing.assert_array_equal(run(ex, x), ref)
 
 
+@pytest.mark.parametrize("target", DW_TARGETS)
+@pytest.mark.parametrize("pool,stride,pad", [((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)),
+                                             ((3, 3), (1, 1), (1, 1))])
+def test_max_pool_template(target, pool, stride, pad):
+    """The NCHW[L]c max-pool template (pad stage with the dtype minimum): bit-exact vs numpy
+    for C=20 (not a multiple of the lanes), values 0 and 255 included, inside a region."""
+    spec = TARGETS[target]
+    c, h, wd = 20, 13, 11
+    x = activations((1, c, h, wd))
+    x[0, 0, 0, 0], x[0, 1, -1, -1] = 255, 0
+    w = weights((c, c, 1, 1), "widen")
+    bias = RNG.integers(-500, 500, c).astype(np.int32)
+    mult = (RNG.random(c) * 2e-3).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.nn.conv2d(xv, relax.const(w), out_dtype="int32"))
+            q = emit_requant(bb, acc, bias, mult, 9)
+            out = bb.emit_output(relax.op.nn.max_pool2d(q, pool, stride, pad))
+        bb.emit_func_output(out)
+    ex, mod, _ = build(bb.get(), spec)
+    assert "max_pool_nchwc" in mod["main"].script()
+    skip_unless_runnable(spec)
+    acc = conv_ref(x, w)
+    q = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8, (1, -1, 1, 1))
+    qp = np.pad(q, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))  # 0 = u8 minimum
+    oh = (h + 2 * pad[0] - pool[0]) // stride[0] + 1
+    ow = (wd + 2 * pad[1] - pool[1]) // stride[1] + 1
+    ref = np.max(np.stack([qp[:, :, i:i + stride[0] * oh:stride[0], j:j + stride[1] * ow:stride[1]]
+                           for i in range(pool[0]) for j in range(pool[1])]), 0)
+    np.testing.assert_array_equal(run(ex, x), ref)
+
+
 # ------------------------------------------------------------------ conv shapes (run here)
 CONV_SHAPES = {
     # name: (ic, oc, h, w, k, stride, pad, dilation, zp, epilogue)
@@ -560,7 +594,7 @@ def test_region_residual_maxpool(custom_ops):
     out = disp.dispatch(mod, spec)
     text = out["main"].script()
     assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
-    assert "NCHW8c" in text  # the max-pool stays in the region
+    assert "max_pool_nchwc" in text  # the max-pool stays in the region (its own template)
     skip_unless_runnable(spec)
     ex = tvm.compile(disp.lower(out, spec, strict=True), target=spec.tvm_target())
     got = run(ex, x)

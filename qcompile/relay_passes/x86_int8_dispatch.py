@@ -455,12 +455,27 @@ class _Dispatcher(relax.PyExprMutator):
     def _max_pool(self, call, args, ref):
         if str(_attr(call, "layout")) != "NCHW" or str(_attr(call, "out_layout")) != "NCHW":
             return None
+        if not bool(_attr(call, "ceil_mode")):
+            return self.builder_.call_te(
+                compute.max_pool_nchwc, args[0], [int(x) for x in _attr(call, "pool_size")],
+                [int(x) for x in _attr(call, "strides")],
+                _pool_padding([int(x) for x in _attr(call, "padding")]),
+                [int(x) for x in _attr(call, "dilation")], primfunc_name_hint="max_pool_nchwc")
         lay = f"NCHW{ref.lanes}c"
         return relax.op.nn.max_pool2d(
             args[0], [int(x) for x in _attr(call, "pool_size")],
             [int(x) for x in _attr(call, "strides")], [int(x) for x in _attr(call, "padding")],
             [int(x) for x in _attr(call, "dilation")], bool(_attr(call, "ceil_mode")),
             bool(_attr(call, "count_include_pad")), lay, lay)
+
+
+def _pool_padding(p: list[int]) -> tuple[int, int, int, int]:
+    """Relax pool padding ([all], [h, w] or [top, left, bottom, right]) -> (t, l, b, r)."""
+    if len(p) == 1:
+        return (p[0],) * 4
+    if len(p) == 2:
+        return (p[0], p[1], p[0], p[1])
+    return tuple(p)
 
 
 class _Skip(Exception):

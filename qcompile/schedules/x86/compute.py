@@ -24,6 +24,7 @@ widens them on the way, or a `*_widen` stage does when there is no padding.
 """
 from __future__ import annotations
 
+import tvm
 from tvm import te, tirx
 
 from . import intrinsics
@@ -33,6 +34,7 @@ RULES = {
     "depthwise": "qcompile_x86_depthwise_nchwc_int8",
     "dense": "qcompile_x86_dense_int8",
     "batch_matmul": "qcompile_x86_batch_matmul_int8",
+    "max_pool": "qcompile_x86_max_pool_nchwc",
 }
 INTRIN_ATTR = "qcompile.dot_intrin"
 
@@ -122,6 +124,31 @@ def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=
                  * kernel[c, r_kh, r_kw, l]),
             axis=[r_kh, r_kw]),
         name="depthwise_nchwc_int8", attrs=_attrs("depthwise", None))
+
+
+def max_pool_nchwc(data: te.Tensor, pool=(3, 3), strides=(2, 2), padding=(0, 0, 0, 0),
+                   dilation=(1, 1)) -> te.Tensor:
+    """Max-pool of an NCHW[L]c integer tensor (floor mode). The padding is its own stage with
+    the dtype's minimum (what TVM's pool pads with, and the identity of max), so the
+    window reduction has no bounds test and vectorizes over the lanes; TVM's own legalized
+    pool inlined an `if_then_else` into it and ran scalar (ResNet-50's 3x3 s2 max-pool:
+    140 us vs OpenVINO's 45, AVX-512 VNNI)."""
+    n, cc, h, w, lanes = (int(x) for x in data.shape)
+    kh, kw = pool
+    sh, sw = strides
+    dh, dw = dilation
+    lowest = int(tvm.tirx.min_value(data.dtype).value)
+    dpad = pad_nchwc(data, padding, lowest, name="pool_pad")
+    ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
+    oh = (ph - (kh - 1) * dh - 1) // sh + 1
+    ow = (pw - (kw - 1) * dw - 1) // sw + 1
+    r_kh = te.reduce_axis((0, kh), "kh")
+    r_kw = te.reduce_axis((0, kw), "kw")
+    return te.compute(
+        (n, cc, oh, ow, lanes),
+        lambda b, c, y, x, l: te.max(dpad[b, c, y * sh + r_kh * dh, x * sw + r_kw * dw, l],
+                                     axis=[r_kh, r_kw]),
+        name="max_pool_nchwc", attrs=_attrs("max_pool", None))
 
 
 def _pad_k(a: te.Tensor, k4: int, dtype: str = "uint8") -> te.Tensor:

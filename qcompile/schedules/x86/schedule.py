@@ -277,6 +277,23 @@ def _schedule_conv(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool,
         sch.unroll(lp)
 
 
+def _schedule_max_pool(sch: Schedule, main, epilogue) -> None:
+    """Rows parallel, the window unrolled, the lanes vectorized (the pad is a root stage)."""
+    b, c, y, x, lane, kh, kw = sch.get_loops(main)
+    n_x = _ext(sch, x)
+    xi = _best_divisor(n_x, 4)
+    x_o, x_i = sch.split(x, [None, xi])
+    sch.reorder(b, c, y, x_o, kh, kw, x_i, lane)
+    par = sch.fuse(b, c, y)
+    sch.parallel(par)
+    _place_epilogue(sch, epilogue, x_o)
+    sch.vectorize(lane)  # before decompose_reduction, which TVM refuses to vectorize after
+    sch.unroll(x_i)
+    sch.unroll(kw)
+    init = sch.decompose_reduction(main, kh)
+    _vectorize_init(sch, init)
+
+
 def _buffer_bytes(buf) -> int:
     n = 1
     for d in buf.shape:
@@ -360,6 +377,8 @@ def schedule_fused(sch: Schedule, block=None, tune: bool = False,
         _schedule_conv(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
     elif op == "depthwise":
         _schedule_depthwise(sch, main, tune, epilogue, threads)
+    elif op == "max_pool":
+        _schedule_max_pool(sch, main, epilogue)
     elif op in ("dense", "batch_matmul"):
         _schedule_matmul(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
     else:  # pragma: no cover
