@@ -117,13 +117,30 @@ def _infer_requantize(call, ctx):
     return relax.TensorType(call.args[0].ty.shape, str(attr(call, "out_dtype")))
 
 
+def param_consts(values, rank: int) -> list:
+    """Calibration-dependent scalars (zero points, clip bounds, multipliers) as f32 tensors
+    of shape [1]*rank: PrimFunc inputs instead of immediates in its body, so a tuning record
+    (keyed on the PrimFunc's structure) matches every calibration of the same layer shapes,
+    and broadcast-shaped, so FuseOps still fuses the op into its producer. Integers are exact
+    in f32; multipliers are f32 already."""
+    return [relax.const(np.full((1,) * rank, v, np.float32)) for v in values]
+
+
+def _scalar(t):
+    return t[(0,) * len(t.shape)]
+
+
+QADD_PARAMS = ("a_zp", "a_mult", "b_zp", "b_mult", "out_zp", "clip_min", "clip_max")
+
+
 def _legalize_requantize(bb, call):
     axis = int(attr(call, "axis", 1))
-    out_zp = float(attr(call, "out_zp", 0))
     dtype = str(attr(call, "out_dtype"))
-    lo, hi = float(attr(call, "clip_min")), float(attr(call, "clip_max"))
+    rank0 = len(call.args[0].ty.shape)
+    params = param_consts([float(attr(call, "out_zp", 0)), float(attr(call, "clip_min")),
+                           float(attr(call, "clip_max"))], rank0)
 
-    def rq(acc, mult):
+    def rq(acc, mult, zp, lo, hi):
         rank = len(acc.shape)
         ax = axis % rank if rank else 0
         per_axis = len(mult.shape) >= 1 and not all(
@@ -134,13 +151,14 @@ def _legalize_requantize(bb, call):
                 m = mult[i[ax]]
             else:
                 m = mult[(0,) * len(mult.shape)] if len(mult.shape) else mult[()]
-            r = tirx.round(acc[i].astype(_F32) * m) + tirx.const(out_zp, _F32)
-            r = tirx.max(tirx.min(r, tirx.const(hi, _F32)), tirx.const(lo, _F32))
+            r = tirx.round(acc[i].astype(_F32) * m) + _scalar(zp)
+            r = tirx.max(tirx.min(r, _scalar(hi)), _scalar(lo))
             return r.astype(dtype)
 
         return te.compute(acc.shape, fn, name="requantize")
 
-    return bb.call_te(rq, call.args[0], call.args[1], primfunc_name_hint="requantize")
+    return bb.call_te(rq, call.args[0], call.args[1], *params,
+                      primfunc_name_hint="requantize")
 
 
 # --------------------------------------------------------------------------------- qadd
@@ -161,25 +179,25 @@ def _infer_qadd(call, ctx):
 
 
 def _legalize_qadd(bb, call):
-    g = lambda k, d=0: attr(call, k, d)  # noqa: E731
-    a_zp, b_zp, out_zp = int(g("a_zp")), int(g("b_zp")), float(g("out_zp"))
-    am, bm = tirx.const(float(g("a_mult")), _F32), tirx.const(float(g("b_mult")), _F32)
-    dtype = str(g("out_dtype", "uint8"))
-    lo, hi = float(g("clip_min")), float(g("clip_max"))
+    dtype = str(attr(call, "out_dtype", "uint8"))
+    params = param_consts([float(attr(call, k, 0)) for k in QADD_PARAMS],
+                          len(call.args[0].ty.shape))
 
-    def qa(a, b):
+    def qa(a, b, *ps):
         rank = len(a.shape)
 
         def fn(*i):
-            xa = (a[i].astype("int32") - a_zp).astype(_F32) * am
-            xb = (_bcast_index(b, i, rank).astype("int32") - b_zp).astype(_F32) * bm
-            r = tirx.round(_fence(xa) + _fence(xb)) + tirx.const(out_zp, _F32)
-            r = tirx.max(tirx.min(r, tirx.const(hi, _F32)), tirx.const(lo, _F32))
+            p = [_scalar(t) for t in ps]
+            # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
+            xa = (a[i].astype(_F32) - p[0]) * p[1]
+            xb = (_bcast_index(b, i, rank).astype(_F32) - p[2]) * p[3]
+            r = tirx.round(_fence(xa) + _fence(xb)) + p[4]
+            r = tirx.max(tirx.min(r, p[6]), p[5])
             return r.astype(dtype)
 
         return te.compute(a.shape, fn, name="qadd")
 
-    return bb.call_te(qa, call.args[0], call.args[1], primfunc_name_hint="qadd")
+    return bb.call_te(qa, call.args[0], call.args[1], *params, primfunc_name_hint="qadd")
 
 
 # ------------------------------------------------------------------------- registration

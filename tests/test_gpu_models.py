@@ -146,8 +146,13 @@ def test_whole_int8_model_on_opencl_equals_x86(make, tmp_path):
     build(str(tmp_path / "int8.onnx"), BuildConfig(target="host"), tmp_path / "cpu",
           quiet=True)
     info = gpu.meta["opencl"]
-    templated = sum(v == "int8 template" for v in info["schedules"].values())
-    assert templated >= 30 and info["int8_dot_product_calls"] > 0, info
+    # every kernel holding an int8 conv / dense runs its template (the rest: pools, the
+    # input quantize, the global-average sum, the head's requantize go to dlight)
+    int8_kernels = {k: v for k, v in info["schedules"].items()
+                    if any(op in k for op in ("conv", "dense", "matmul"))}
+    assert len(int8_kernels) >= 20, info
+    assert all(v == "int8 template" for v in int8_kernels.values()), int8_kernels
+    assert info["int8_dot_product_calls"] > 0, info
     mg, mc = load(tmp_path / "gpu"), load(tmp_path / "cpu")
     name = mg.outputs[0].name
     for seed in (1000, 1001):

@@ -61,3 +61,24 @@ def test_corrupt_or_foreign_database(mlp_path, tmp_path):
     (other / dbm.RECORDS).write_text("")
     with pytest.raises(TuningDatabaseError, match="no qcompile-tuning.json"):
         build(str(mlp_path), BuildConfig(tuning_db=str(other)), tmp_path / "b", quiet=True)
+
+
+def test_records_transfer_between_calibrations(cnn_model, tmp_path):
+    """Two calibrations of one model (different zero points, multipliers, clip bounds) have
+    the same int8 tuning workloads: the scalars are kernel inputs, not immediates."""
+    import numpy as np
+    import onnx
+
+    from qcompile import targets
+    from qcompile.quantization.api import quantize
+    from qcompile.tuning.workloads import int8_workload_hashes
+
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(cnn_model, fp32)
+    shape = [d.dim_value for d in cnn_model.graph.input[0].type.tensor_type.shape.dim]
+    rng = np.random.default_rng(5)
+    a = quantize(str(fp32), rng.standard_normal([8] + shape).astype(np.float32))
+    b = quantize(str(fp32), (3 * rng.random([8] + shape) + 1).astype(np.float32))
+    spec = targets.detect_host()
+    ha, hb = int8_workload_hashes(a, spec), int8_workload_hashes(b, spec)
+    assert len(ha) >= 2 and sorted(ha) == sorted(hb)

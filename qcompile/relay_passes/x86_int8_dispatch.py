@@ -41,6 +41,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from qcompile import ops as qops
 from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops
 from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
 from ._common import loose_dtype as _dtype, loose_shape as _shape
@@ -276,6 +277,8 @@ class _Dispatcher(relax.PyExprMutator):
         ic = in_shape[1]
         oc = w.shape[0]
         lanes = self.lanes
+        if any(padding):  # the zero point as a kernel input (records match any calibration)
+            pad_value = relax.const(np.array([pad_value], np.int32))
         if groups == 1:
             cb = packing.data_block(ic, lanes)
             in_region = isinstance(src, relax.Var) and src in self.region
@@ -435,11 +438,15 @@ class _Dispatcher(relax.PyExprMutator):
         out_dtype = str(_attr(call, "out_dtype", "uint8"))
         lo = int(_pyval(_attr(call, "clip_min", 0)))
         hi = int(_pyval(_attr(call, "clip_max", 255)))
+        # zero point and clip bounds as [1,1,1,1,1] tensors (PrimFunc inputs, not immediates:
+        # tuning records then match every calibration of the layer)
+        zp, lo_c, hi_c = qops.param_consts([out_zp, lo, hi], 5)
         x = self.builder_.emit(relax.op.astype(args[0], "float32"))
         x = self.builder_.emit(relax.op.multiply(x, relax.const(laid)))
         x = self.builder_.emit(relax.op.round(x))
-        x = self.builder_.emit(relax.op.add(x, relax.const(np.float32(out_zp))))
-        x = self.builder_.emit(relax.op.clip(x, lo, hi))
+        x = self.builder_.emit(relax.op.add(x, zp))
+        x = self.builder_.emit(relax.op.maximum(x, lo_c))
+        x = self.builder_.emit(relax.op.minimum(x, hi_c))
         return relax.op.astype(x, out_dtype)
 
     def _qadd(self, call, args, ref):
@@ -447,10 +454,12 @@ class _Dispatcher(relax.PyExprMutator):
         if _shape(a) != _shape(b):
             return None
         get = lambda k, d=0: _pyval(_attr(call, k, d))  # noqa: E731
+        defaults = {"clip_min": 0, "clip_max": 255}
+        params = qops.param_consts([float(get(k, defaults.get(k, 0))) for k in qops.QADD_PARAMS],
+                                   len(_shape(a)))
         return self.builder_.call_te(
-            region_ops.qadd, a, b, int(get("a_zp")), float(get("a_mult")), int(get("b_zp")),
-            float(get("b_mult")), int(get("out_zp")), str(_attr(call, "out_dtype", "uint8")),
-            int(get("clip_min", 0)), int(get("clip_max", 255)), primfunc_name_hint="qadd")
+            region_ops.qadd, a, b, *params, str(_attr(call, "out_dtype", "uint8")),
+            primfunc_name_hint="qadd")
 
     def _max_pool(self, call, args, ref):
         if str(_attr(call, "layout")) != "NCHW" or str(_attr(call, "out_layout")) != "NCHW":

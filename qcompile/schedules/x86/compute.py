@@ -50,12 +50,17 @@ def _i32(x):
     return x.astype("int32")
 
 
-def pad_nchwc(data: te.Tensor, pad_hw: tuple[int, int, int, int], pad_value: int,
+def pad_nchwc(data: te.Tensor, pad_hw: tuple[int, int, int, int], pad_value,
               name: str = "data_pad", dtype: str | None = None) -> te.Tensor:
-    """Spatially pad an NCHW[c]c tensor with `pad_value` (the activation zero point),
+    """Spatially pad an NCHW[c]c tensor with `pad_value` (the activation zero point: an int,
+    or a one-element tensor, which keeps the calibration out of the kernel's structure),
     converting it to `dtype` on the way (the widen16 kernels read s16 activations)."""
     top, left, bottom, right = pad_hw
     dtype = dtype or data.dtype
+    if isinstance(pad_value, te.Tensor):
+        fill = pad_value[(0,) * len(pad_value.shape)].astype(dtype)
+    else:
+        fill = tirx.const(pad_value, dtype)
     if not any(pad_hw):
         if dtype == data.dtype:
             return data
@@ -67,12 +72,12 @@ def pad_nchwc(data: te.Tensor, pad_hw: tuple[int, int, int, int], pad_value: int
             tirx.all(y >= top, y < h + top, x >= left, x < w + left),
             data[i, c, tirx.max(tirx.min(y - top, h - 1), 0),
                  tirx.max(tirx.min(x - left, w - 1), 0), b].astype(dtype),
-            tirx.const(pad_value, dtype)),
+            fill),
         name=name)
 
 
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0, 0, 0, 0),
-                 dilation=(1, 1), pad_value: int = 0, intrin: str = "") -> te.Tensor:
+                 dilation=(1, 1), pad_value=0, intrin: str = "") -> te.Tensor:
     """u8 NCHW[c]c data x packed s8/s16 weight -> s32 NCHW[L]c, tensorizable with `intrin`."""
     info = intrinsics.by_name(intrin)
     n, icc, h, w, icb = (int(x) for x in data.shape)
@@ -101,7 +106,7 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0,
 
 
 def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0, 0, 0, 0),
-                    dilation=(1, 1), pad_value: int = 0) -> te.Tensor:
+                    dilation=(1, 1), pad_value=0) -> te.Tensor:
     """Depthwise (groups = C) u8 NCHW[L]c x s16 `[C/L, KH, KW, L]` -> s32 NCHW[L]c.
 
     No dot-product instruction: one u8 x s8 product per output element and tap, formed in

@@ -79,8 +79,10 @@ def nchwc_to_nchw(x: np.ndarray, channels: int) -> np.ndarray:
 
 def channel_const(value: np.ndarray, channels: int, lanes: int) -> np.ndarray | None:
     """A constant broadcasting against NCHW data with `channels` channels, re-laid out to
-    broadcast against NCHW[L]c (`[1, C/L, 1, 1, L]`, or a scalar); None if it varies along
-    N, H or W (then it cannot follow the data into the blocked layout)."""
+    broadcast against NCHW[L]c (`[1, C/L, 1, 1, L]`, or `[1, 1, 1, 1, 1]` for one value: a
+    tensor, so it reaches the PrimFunc as an input and not as an immediate that would make
+    tuning records calibration-specific); None if it varies along N, H or W (then it cannot
+    follow the data into the blocked layout)."""
     v = np.asarray(value)
     if v.ndim > 4:
         return None
@@ -89,7 +91,7 @@ def channel_const(value: np.ndarray, channels: int, lanes: int) -> np.ndarray | 
     if n != 1 or h != 1 or w != 1 or c not in (1, channels):
         return None
     if c == 1:
-        return v.reshape(())
+        return v.reshape((1,) * 5)
     flat = v.reshape(channels)
     cp = round_up(channels, lanes)
     out = np.zeros(cp, dtype=v.dtype)

@@ -38,19 +38,21 @@ def _fence(v):
     return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", v)
 
 
-def qadd(a: te.Tensor, b: te.Tensor, a_zp: int, a_mult: float, b_zp: int, b_mult: float,
-         out_zp: int, out_dtype: str, clip_min: int, clip_max: int) -> te.Tensor:
+def qadd(a: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
     """`clip(round_half_even(f32(a - a_zp) * a_mult + f32(b - b_zp) * b_mult) + out_zp)`,
-    each f32 operation rounded separately; `a` and `b` have the same shape."""
+    each f32 operation rounded separately; `a` and `b` have the same shape. The parameters
+    are the tensors `qcompile.ops.param_consts` makes of `ops.QADD_PARAMS` (inputs, not
+    immediates: tuning records then match every calibration), then the output dtype."""
     f32 = "float32"
-    am, bm = tirx.const(a_mult, f32), tirx.const(b_mult, f32)
+    *tensors, out_dtype = params_and_dtype
+    params = [t[(0,) * len(t.shape)] for t in tensors]
 
     def fn(*idx):
-        xa = (a[idx].astype("int32") - a_zp).astype(f32) * am
-        xb = (b[idx].astype("int32") - b_zp).astype(f32) * bm
-        r = tirx.round(_fence(xa) + _fence(xb)) + tirx.const(float(out_zp), f32)
-        r = tirx.max(tirx.min(r, tirx.const(float(clip_max), f32)),
-                     tirx.const(float(clip_min), f32))
+        # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
+        xa = (a[idx].astype(f32) - params[0]) * params[1]
+        xb = (b[idx].astype(f32) - params[2]) * params[3]
+        r = tirx.round(_fence(xa) + _fence(xb)) + params[4]
+        r = tirx.max(tirx.min(r, params[6]), params[5])
         return r.astype(out_dtype)
 
     return te.compute(a.shape, fn, name="qadd")
