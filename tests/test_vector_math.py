@@ -129,3 +129,18 @@ def test_exact_build_has_no_libm_calls(fast_math):
     assert "erff" not in asm and "expf" not in asm
     names = [gv.name_hint for gv in fused.functions]
     assert any("verf" in n for n in names) != fast_math, names
+
+
+def test_tuning_task_extraction_accepts_them():
+    """MetaSchedule estimates every task's flops at extraction (`qcompile tune`); its
+    estimator has no rule for `tirx.Let`, so the functions must not use one."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from qcompile.schedules import vector_math as vm
+
+    a = te.placeholder((4, 128), "float32", name="a")
+    for fn in (vm.erf_te, vm.exp_te, vm.softmax_te):
+        f = te.create_prim_func([a, fn(a)])
+        assert estimate_tir_flops(tvm.IRModule({"main": f})) > 0

@@ -73,9 +73,11 @@ def _horner(coefs, u):
 
 
 def _let(value, body_fn, name: str):
-    """Bind `value` once (a Let), so the polynomial pieces share one evaluation of it."""
-    var = tirx.Var(name, _F32)
-    return tirx.Let(var, value, body_fn(var))
+    """`body_fn(value)`, the value substituted where it is used. Not a `tirx.Let`:
+    MetaSchedule's flop estimator (task extraction of `qcompile tune`) has no rule for Let
+    and raises; LLVM's CSE merges the repeated pure subexpressions again."""
+    del name
+    return body_fn(value)
 
 
 def exp(x):
