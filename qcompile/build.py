@@ -31,7 +31,8 @@ class BuildConfig:
     num_threads: int | None = flag(None, help="threads the code is built and tuned for "
                                    "(default: physical cores)")
     strict: bool = flag(False, help="fail if any quantized op cannot run in int8 instead of "
-                        "reporting it and keeping it in f32")
+                        "reporting it and keeping it in f32, or if any kernel falls back from "
+                        "its template schedule (model.json `fallbacks`)")
     seed: int | None = flag(None, help="random seed for tuning")
     fast_math: bool = flag(False, help="compute f32 erf/exp/tanh with TVM's fast "
                            "approximations (abs. error ~1e-7; GELU 4x faster); default: exact")
@@ -65,6 +66,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     """tune_only (`qcompile tune`): stop after tuning; out_dir is not written (may be None).
     tune_options: extra keyword arguments for qcompile.tuning.tuner.tune (scripts)."""
     from . import codegen, frontend
+    from .fallbacks import FallbackLog
     from .relay_passes import pipeline as lp
     from .report import precision_table
     from .util import versions
@@ -89,7 +91,8 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     mod = lp.run(imported.mod, ctx)
     table = precision_table(mod, imported, ctx)
     dispatch_report: list = []
-    mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report)
+    fallbacks = FallbackLog()
+    mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report, fallbacks)
     int8_kernels = _summarize_dispatch(dispatch_report)
     if int8_kernels["by_variant"]:
         _log("qcompile: int8 kernels by dot-product variant: " + ", ".join(
@@ -136,7 +139,17 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     executable = None
     if spec.family != "opencl":
         executable = codegen.compile_fused(fused, target, database=database,
-                                           default_schedule=kernel_default)
+                                           default_schedule=kernel_default,
+                                           fallbacks=fallbacks)
+    if fallbacks:
+        _log(f"qcompile: {len(fallbacks)} fallback(s), see model.json `fallbacks` / qcompile "
+             "inspect: " + "; ".join(f"{f.kernel} ({f.stage} -> {f.instead})"
+                                     for f in fallbacks[:3]), quiet)
+        if config.strict:
+            raise QCompileError(
+                "--strict: the build fell back for " + "; ".join(
+                    f"{f.kernel}: {f.stage} did not apply ({f.reason}), runs {f.instead}"
+                    for f in fallbacks) + ". Drop --strict to accept the slower kernels.")
     meta = {
         "runtime": "relax-vm" if executable is not None else "opencl",
         "model": {"source": str(imported.source), "nodes": len(imported.onnx_model.graph.node)},
@@ -151,6 +164,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
         "precision_summary": table["summary"],
         "notes": ctx.notes,
         "int8_kernels": int8_kernels,
+        "fallbacks": fallbacks.to_list(),
         "kernels": _kernel_rows(fused, kernel_map, imported.node_names),
     }
     if executable is None:
@@ -181,7 +195,7 @@ def _summarize_dispatch(report: list) -> dict:
     return {"by_variant": by_variant, "ops": report}
 
 
-def _dispatch_kernels(mod, spec, report: list | None = None):
+def _dispatch_kernels(mod, spec, report: list | None = None, fallbacks=None):
     """Rewrite integer ops into the target's kernel templates; returns (mod, default-schedule
     function for those templates or None); `report` receives the x86 dispatch entries."""
     from . import schedules
@@ -193,7 +207,7 @@ def _dispatch_kernels(mod, spec, report: list | None = None):
     dispatch = getattr(schedules, "dispatch_for", None)
     if dispatch is None:
         return mod, None
-    return dispatch(mod, spec, report=report)
+    return dispatch(mod, spec, report=report, fallbacks=fallbacks)
 
 
 def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:

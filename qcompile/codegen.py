@@ -90,8 +90,10 @@ def _anon(name: str) -> bool:
     return name.startswith("lv") and (name[2:].isdigit() or name == "lv") or name.startswith("gv")
 
 
-def compile_fused(mod, target, database=None, default_schedule=None):
-    """Build a fused module; `database` (MetaSchedule) records win over default schedules."""
+def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=None):
+    """Build a fused module; `database` (MetaSchedule) records win over default schedules.
+    `fallbacks` (a `qcompile.fallbacks.FallbackLog`) receives what the generic scheduler
+    could not schedule."""
     import tvm
     from tvm import relax
 
@@ -106,7 +108,7 @@ def compile_fused(mod, target, database=None, default_schedule=None):
             with database:
                 m = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(m)
             m = _mark_db_scheduled(m)
-        return default_sched.apply(m, target, default_schedule)
+        return default_sched.apply(m, target, default_schedule, fallbacks=fallbacks)
 
     @tvm.transform.module_pass(opt_level=3, name="qcompile.Pipeline")
     def _pipeline(m, _ctx):

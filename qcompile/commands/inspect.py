@@ -23,7 +23,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"ops": ops, "summary": meta.get("precision_summary"),
                           "notes": meta.get("notes"),
-                          "int8_kernels": meta.get("int8_kernels")}, indent=2))
+                          "int8_kernels": meta.get("int8_kernels"),
+                          "fallbacks": meta.get("fallbacks", [])}, indent=2))
         return 0
     t = meta.get("target", {})
     print(f"{args.build_dir}: target {t.get('name')}, inputs "
@@ -33,4 +34,9 @@ def run(args) -> int:
         print("int8 kernels by dot-product variant: "
               + ", ".join(f"{k} {v}" for k, v in sorted(kernels.items())))
     print(format_table({**meta, "ops": ops}))
+    fallbacks = meta.get("fallbacks") or []
+    print(f"fallbacks: {len(fallbacks)}" + (" (where the build did less than its best)"
+                                            if fallbacks else ""))
+    for f in fallbacks:
+        print(f"  {f['kernel']}: {f['stage']} did not apply -> {f['instead']} ({f['reason']})")
     return 0

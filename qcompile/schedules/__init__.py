@@ -12,13 +12,15 @@ for them.
 from __future__ import annotations
 
 
-def dispatch_for(mod, spec, report: list | None = None):
+def dispatch_for(mod, spec, report: list | None = None, fallbacks=None):
     """(rewritten module, default_schedule) for `spec`'s int8 kernels.
 
     `default_schedule(fused_mod, target) -> fused_mod` schedules the fused PrimFuncs that hold
     the kernels (and the region-border layout transforms) and is meant to run after
     `MetaScheduleApplyDatabase` and before a generic scheduler. `report`, if given, receives
-    one entry per integer op (its kernel and intrinsic variant, or why it was left alone).
+    one entry per integer op (its kernel and intrinsic variant, or why it was left alone);
+    `fallbacks` (a `qcompile.fallbacks.FallbackLog`) every kernel whose template schedule
+    did not apply.
     Targets without int8 kernel templates here get `(mod, None)`."""
     if spec.family != "x86":
         return mod, None
@@ -29,6 +31,6 @@ def dispatch_for(mod, spec, report: list | None = None):
     out = x86_int8_dispatch.dispatch(mod, spec, report=report)
 
     def default_schedule(fused, target=None):
-        return schedule.apply_default_schedules(fused, spec)
+        return schedule.apply_default_schedules(fused, spec, fallbacks=fallbacks)
 
     return out, default_schedule

@@ -106,13 +106,16 @@ def _blocks(sch):
     return [sch.get(b).name_hint for b in sch.get_child_blocks(root)]
 
 
-def schedule_func(func, lanes: int):
+def schedule_func(func, lanes: int, name: str = "", fallbacks=None):
     import tvm
     from tvm import s_tir
 
+    from ..fallbacks import tvm_errors
+
+    errors = tvm_errors()
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    for name in _blocks(sch):
-        block = sch.get_sblock(name)
+    for blk_name in _blocks(sch):
+        block = sch.get_sblock(blk_name)
         # inline into elementwise consumers only: padding inlined into a conv's reduction
         # becomes a branch in its innermost loop
         consumers = sch.get_consumers(block)
@@ -120,32 +123,38 @@ def schedule_func(func, lanes: int):
             continue
         try:
             sch.compute_inline(block)
-        except Exception:  # not inlinable (reduction, output, multi-consumer): keep it
+        except errors:  # not inlinable (reduction, output, multi-consumer): keep it
             pass
-    for name in _blocks(sch):
+    for block_name in _blocks(sch):
         # try the full recipe on a fork; keep what worked
+        last = None
         for local_acc in (True, False):
             trial = sch.copy()
             try:
-                _schedule_block(trial, trial.get_sblock(name), lanes, local_acc)
+                _schedule_block(trial, trial.get_sblock(block_name), lanes, local_acc)
                 sch = trial
                 break
-            except Exception:
+            except errors as err:
+                last = err
                 continue
         else:
+            instead = "outer loop parallel, not vectorized"
             try:
-                loops = sch.get_loops(sch.get_sblock(name))
+                loops = sch.get_loops(sch.get_sblock(block_name))
                 if loops:
                     sch.parallel(loops[0])
-            except Exception:
-                pass
+            except errors:
+                instead = "serial"
+            if fallbacks is not None:
+                fallbacks.add(f"{name}:{block_name}" if name else block_name, "generic schedule",
+                              instead, last)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
 def vector_bits(target) -> int:
     try:
         mattr = [str(a) for a in target.attrs.get("mattr", [])]
-    except Exception:
+    except (AttributeError, TypeError):  # a target without attrs / mattr
         mattr = []
     if any("avx512f" in a for a in mattr):
         return 512
@@ -154,12 +163,16 @@ def vector_bits(target) -> int:
     return 128
 
 
-def apply(mod, target, extra=None):
+def apply(mod, target, extra=None, fallbacks=None):
     """Schedule every unscheduled PrimFunc in `mod` (see module docstring).
 
     `extra`: optional callable(mod, target) -> mod run first (qcompile's kernel templates'
-    default schedules), so the generic rules only see what is left."""
+    default schedules), so the generic rules only see what is left. `fallbacks` (a
+    `qcompile.fallbacks.FallbackLog`) receives every block the recipe could not schedule and
+    every function left unscheduled."""
     from tvm import tirx
+
+    from ..fallbacks import tvm_errors
 
     if extra is not None:
         mod = extra(mod, target)
@@ -172,8 +185,10 @@ def apply(mod, target, extra=None):
                 bool(func.attrs["tir.is_scheduled"]):
             continue
         try:
-            updates[gv] = schedule_func(func, lanes)
-        except Exception:
+            updates[gv] = schedule_func(func, lanes, gv.name_hint, fallbacks)
+        except tvm_errors() as err:
+            if fallbacks is not None:
+                fallbacks.add(gv.name_hint, "generic schedule", "unscheduled (serial)", err)
             continue
     for gv, f in updates.items():
         mod[gv] = f

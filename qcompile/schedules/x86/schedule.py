@@ -442,14 +442,14 @@ def default_injective_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
-def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False
-                            ) -> tvm.IRModule:
+def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
+                            fallbacks=None) -> tvm.IRModule:
     """Schedule every not yet scheduled PrimFunc of `mod` that contains a qcompile int8
     block (the untuned build), and give the stand-alone region-border layout transforms a
     parallel schedule. `spec` is accepted for symmetry with the dispatch: each block records
     its tensor intrinsic, so it is not needed here. A function whose structure the schedule
-    does not expect is left unscheduled (correct, slow) with a warning, or raises when
-    `strict`."""
+    does not expect is left to the generic scheduler (correct, slower) with a warning and
+    an entry in `fallbacks` (a `qcompile.fallbacks.FallbackLog`), or raises when `strict`."""
     intrinsics.register_all()
     updates = {}
     for gv, func in mod.functions.items():
@@ -466,6 +466,9 @@ def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False
                 raise
             warnings.warn(f"qcompile: no x86 int8 schedule for {gv.name_hint} "
                           f"(left unscheduled): {str(err).splitlines()[-1]}", stacklevel=2)
+            if fallbacks is not None:
+                fallbacks.add(gv.name_hint, "x86 int8 template schedule",
+                              "generic schedule (no dot-product tiling)", err)
     if not updates:
         return mod
     mod = mod.clone()
