@@ -5,6 +5,12 @@
 #
 #   python ../shared/bench/make_models.py MODELS          # the fp32 benchmark models
 #   scripts/bench_int8_models.sh MODELS WORK [ROUNDS]     # quantize, build, measure
+#   TARGET=avx2 scripts/bench_int8_models.sh MODELS WORK2 # another x86 target of this CPU
+#
+# TARGET (default host) is the qcompile target of `quantize` and `build`. When it is not what
+# the host resolves to, or the CPU has AMX, an extra case runs OpenVINO with oneDNN capped
+# at the same ISA (ONEDNN_MAX_CPU_ISA: avx2 -> AVX2, avx512 -> AVX512_CORE, avx512-vnni ->
+# AVX512_CORE_VNNI), so the comparison is also made instruction set for instruction set.
 #
 # WORK receives (skipped when present): <m>_ort.onnx / <m>_nncf.onnx (scripts/make_lpt_models.py:
 # ORT quantize_static, nncf.quantize), <m>_qc.onnx (qcompile quantize --target host: its own
@@ -15,12 +21,19 @@
 #   ov-int8-nncf-model       OpenVINO CPU on the NNCF model (the baseline)
 #   ov-int8-own-ptq          OpenVINO CPU on qcompile's FakeQuantize model
 #   ort-int8, ort-fp32, ov-fp32 (INFERENCE_PRECISION_HINT=f32)
-#   ov-int8-nncf-vnni        only on a CPU with AMX-INT8: OpenVINO on the NNCF model with
-#                            oneDNN capped at AVX512_CORE_VNNI (its AMX kernels are a different
-#                            ISA from qcompile's avx512-vnni target; both figures are shown)
+#   ov-int8-nncf-isa         OpenVINO on the NNCF model with oneDNN capped at TARGET's ISA
+#                            (see above; on an AMX CPU its default kernels are AMX)
 set -euo pipefail
 M=$(realpath "$1"); W=$(realpath -m "$2"); ROUNDS=${3:-5}
 HERE=$(cd "$(dirname "$0")" && pwd)
+TARGET=${TARGET:-host}
+HOST=$(python -c "from qcompile import targets; print(targets.detect_host().name)")
+[ "$TARGET" = host ] && TARGET=$HOST
+case "$TARGET" in
+  avx2) ISA=AVX2 ;; avx512) ISA=AVX512_CORE ;; avx512-vnni) ISA=AVX512_CORE_VNNI ;; *) ISA= ;;
+esac
+CAP=
+if [ -n "$ISA" ] && { [ "$TARGET" != "$HOST" ] || grep -q amx_int8 /proc/cpuinfo; }; then CAP=$ISA; fi
 export OV_TELEMETRY_DISABLE=1
 mkdir -p "$W"
 MODELS=(resnet50 mobilenetv2 bert_block)
@@ -34,22 +47,22 @@ m = onnx.load(sys.argv[1], load_external_data=False)
 dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
 np.save(sys.argv[2], np.random.default_rng(7).standard_normal([32] + dims[1:]).astype(np.float32))
 EOF
-    qcompile quantize "$M/$m.onnx" --data "$W/${m}_calib.npy" --subset-size 32 --target host \
+    qcompile quantize "$M/$m.onnx" --data "$W/${m}_calib.npy" --subset-size 32 --target "$TARGET" \
       -o "$W/${m}_qc.onnx"
   fi
   for src in qc nncf; do
-    [ -f "$W/b_${m}_${src}/model.so" ] || qcompile build "$W/${m}_${src}.onnx" --target host -o "$W/b_${m}_${src}"
+    [ -f "$W/b_${m}_${src}/model.so" ] || qcompile build "$W/${m}_${src}.onnx" --target "$TARGET" -o "$W/b_${m}_${src}"
     if [ "$m" = bert_block ]; then
       [ -f "$W/b_${m}_${src}_fm/model.so" ] || \
-        qcompile build "$W/${m}_${src}.onnx" --target host --fast-math -o "$W/b_${m}_${src}_fm"
+        qcompile build "$W/${m}_${src}.onnx" --target "$TARGET" --fast-math -o "$W/b_${m}_${src}_fm"
     fi
   done
 done
 for m in "${MODELS[@]}"; do
   echo "=== $m"
   fm=()
-  if grep -q amx_int8 /proc/cpuinfo; then
-    fm+=(--case "ov-int8-nncf-vnni=ov@AVX512_CORE_VNNI:$W/${m}_nncf.onnx")
+  if [ -n "$CAP" ]; then
+    fm+=(--case "ov-int8-nncf-isa=ov@$CAP:$W/${m}_nncf.onnx")
   fi
   if [ "$m" = bert_block ]; then
     fm+=(--case "qc-int8-own-ptq-fm=qcompile:$W/b_${m}_qc_fm" --case "qc-int8-nncf-model-fm=qcompile:$W/b_${m}_nncf_fm")

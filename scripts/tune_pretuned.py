@@ -149,6 +149,10 @@ def export(args, names: list[str], runs: dict, tasks: list) -> Path:
             "trials_per_task": args.trials_per_task,
             "date": datetime.date.today().isoformat(),
             "measured": "rpc " + args.rpc if args.rpc else "locally",
+            # the target's required CPU flags as the measuring machine reported them (local
+            # runs): proof the records were measured where the target's code runs
+            **({} if args.rpc else {"cpu_flags": sorted(
+                set(spec.required_flags) - set(spec.missing_flags()))}),
             "note": "fastest measured record per kernel; produced by scripts/tune_pretuned.py"
                     + (f"; {args.note}" if args.note else "")}
     from qcompile.util import versions
