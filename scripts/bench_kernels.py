@@ -140,25 +140,17 @@ def measure_peaks512(threads: int) -> dict[str, float]:
 
 
 def measure_peaks(threads: int) -> dict[str, float]:
-    """This machine's int8/fp32 AVX2 peaks from a hand-written kernel (needs a C compiler)."""
-    tmp = Path(tempfile.mkdtemp(prefix="qcompile_peak_"))
-    src, lib = tmp / "peak.c", tmp / "peak.so"
-    src.write_text(PEAK_C)
-    cc = os.environ.get("CC", "cc")
-    try:
-        subprocess.run([cc, "-O2", "-mavx2", "-mfma", "-shared", "-fPIC", str(src), "-o",
-                        str(lib), "-lpthread"], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as err:
-        print(f"(peak micro-benchmark not built: {err})")
+    """This machine's int8/fp32 peaks from hand-written kernels (needs a C compiler): the
+    AVX2 ones, and the zmm / vpdpbusd ones where the CPU has AVX-512 (VNNI)."""
+    so = _build_peak(PEAK_C, ["-mavx2", "-mfma"], "peak")
+    if so is None:
         return {}
-    so = ctypes.CDLL(str(lib))
-    so.peak_gops.restype = ctypes.c_double
-    so.peak_gops.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long]
     names = ["int8 vpmaddubsw+vpmaddwd (saturating)", "int8 vpmaddwd s16 (widened, exact)",
              "fp32 vfmadd231ps"]
     out = {}
     for kind, name in enumerate(names):
         out[name] = max(so.peak_gops(kind, threads, 20_000_000) for _ in range(3))
+    out.update(measure_peaks512(threads))
     return out
 
 
