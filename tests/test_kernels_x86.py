@@ -368,6 +368,12 @@ def test_template_numerics(template, path):
 DW_TARGETS = ["avx2", "sse4.2", "avx512", "avx512-vnni"]
 
 
+def _bias_mult(c):
+    """Per-channel s32 bias and f32 requantize multiplier of a test layer."""
+    return (RNG.integers(-500, 500, c).astype(np.int32),
+            (RNG.random(c) * 2e-3).astype(np.float32))
+
+
 @pytest.mark.parametrize("target", DW_TARGETS)
 def test_depthwise(target):
     """Depthwise 3x3 stride 2, C=20 (not a multiple of the lanes), zp padding 7."""
@@ -375,8 +381,7 @@ def test_depthwise(target):
     c, h, wd = 20, 12, 9
     x = activations((1, c, h, wd))
     w = weights((c, 1, 3, 3), "widen")
-    bias = RNG.integers(-500, 500, c).astype(np.int32)
-    mult = (RNG.random(c) * 2e-3).astype(np.float32)
+    bias, mult = _bias_mult(c)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
     with bb.function("main", [xv]):
@@ -406,8 +411,7 @@ def test_max_pool_template(target, pool, stride, pad):
     x = activations((1, c, h, wd))
     x[0, 0, 0, 0], x[0, 1, -1, -1] = 255, 0
     w = weights((c, c, 1, 1), "widen")
-    bias = RNG.integers(-500, 500, c).astype(np.int32)
-    mult = (RNG.random(c) * 2e-3).astype(np.float32)
+    bias, mult = _bias_mult(c)
     bb = relax.BlockBuilder()
     xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
     with bb.function("main", [xv]):

@@ -105,6 +105,18 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0,
         name="conv2d_nchwc_int8", attrs=_attrs("conv2d", info))
 
 
+def _sliding_window(data, kh, kw, strides, padding, dilation, pad_value, name="data_pad"):
+    """(padded data, output height, output width, kh and kw reduce axes) of a window op on
+    NCHW[c]c data (floor mode)."""
+    sh, sw = strides
+    dh, dw = dilation
+    dpad = pad_nchwc(data, padding, pad_value, name=name)
+    ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
+    oh = (ph - (kh - 1) * dh - 1) // sh + 1
+    ow = (pw - (kw - 1) * dw - 1) // sw + 1
+    return dpad, oh, ow, te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
+
+
 def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0, 0, 0, 0),
                     dilation=(1, 1), pad_value=0) -> te.Tensor:
     """Depthwise (groups = C) u8 NCHW[L]c x s16 `[C/L, KH, KW, L]` -> s32 NCHW[L]c.
@@ -116,12 +128,8 @@ def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=
     assert kcc == cc and kl == lanes, (data.shape, kernel.shape)
     sh, sw = strides
     dh, dw = dilation
-    dpad = pad_nchwc(data, padding, pad_value)
-    ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
-    oh = (ph - (kh - 1) * dh - 1) // sh + 1
-    ow = (pw - (kw - 1) * dw - 1) // sw + 1
-    r_kh = te.reduce_axis((0, kh), "kh")
-    r_kw = te.reduce_axis((0, kw), "kw")
+    dpad, oh, ow, r_kh, r_kw = _sliding_window(data, kh, kw, strides, padding, dilation,
+                                               pad_value)
     return te.compute(
         (n, cc, oh, ow, lanes),
         lambda b, c, y, x, l: te.sum(
@@ -143,12 +151,8 @@ def max_pool_nchwc(data: te.Tensor, pool=(3, 3), strides=(2, 2), padding=(0, 0, 
     sh, sw = strides
     dh, dw = dilation
     lowest = int(tvm.tirx.min_value(data.dtype).value)
-    dpad = pad_nchwc(data, padding, lowest, name="pool_pad")
-    ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
-    oh = (ph - (kh - 1) * dh - 1) // sh + 1
-    ow = (pw - (kw - 1) * dw - 1) // sw + 1
-    r_kh = te.reduce_axis((0, kh), "kh")
-    r_kw = te.reduce_axis((0, kw), "kw")
+    dpad, oh, ow, r_kh, r_kw = _sliding_window(data, kh, kw, strides, padding, dilation,
+                                               lowest, name="pool_pad")
     return te.compute(
         (n, cc, oh, ow, lanes),
         lambda b, c, y, x, l: te.max(dpad[b, c, y * sh + r_kh * dh, x * sw + r_kw * dw, l],
