@@ -33,10 +33,10 @@ def run(args) -> int:
     if kernels:  # fast = saturating vpmaddubsw pair, chosen only where proven exact
         print("int8 kernels by dot-product variant: "
               + ", ".join(f"{k} {v}" for k, v in sorted(kernels.items())))
-    print(format_table({**meta, "ops": ops}))
     fallbacks = meta.get("fallbacks") or []
     print(f"fallbacks: {len(fallbacks)}" + (" (where the build did less than its best)"
                                             if fallbacks else ""))
     for f in fallbacks:
         print(f"  {f['kernel']}: {f['stage']} did not apply -> {f['instead']} ({f['reason']})")
+    print(format_table({**meta, "ops": ops}))  # ends with the summary line
     return 0
