@@ -54,14 +54,17 @@ def attr(call, key, default=None):
     return v
 
 
-def _bcast_index(t: te.Tensor, idx, rank: int):
-    """Index tensor `t` (rank <= `rank`, numpy-broadcast against the output) at `idx`."""
+def _bcast_index(t: te.Tensor, idx, rank: int, out_shape=None):
+    """Index tensor `t` (rank <= `rank`, numpy-broadcast against the output) at `idx`; a
+    dim of extent 1 is indexed with 0 unless the output's dim is 1 too (`out_shape`), so a
+    same-shaped operand is indexed exactly like the output."""
     r = len(t.shape)
     sub = []
     for k in range(r):
         dim = t.shape[k]
         i = idx[rank - r + k]
-        sub.append(0 if (isinstance(dim, tirx.IntImm) and int(dim) == 1)
+        same = out_shape is not None and int(out_shape[rank - r + k]) == 1
+        sub.append(0 if (isinstance(dim, tirx.IntImm) and int(dim) == 1 and not same)
                    else i)
     return t[tuple(sub)] if sub else t[()]
 
@@ -178,26 +181,33 @@ def _infer_qadd(call, ctx):
     return relax.TensorType(call.args[0].ty.shape, str(attr(call, "out_dtype")))
 
 
+def qadd_compute(a: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
+    """`clip(round_half_even(f32(a - a_zp) * a_mult + f32(b - b_zp) * b_mult) + out_zp)`,
+    each f32 operation rounded separately (both products FMA-fenced), `b` broadcast to `a`.
+    The parameters are the `param_consts` tensors of `QADD_PARAMS` (inputs, not immediates:
+    tuning records then match every calibration), then the output dtype. Used by the
+    legalization below and, on NCHW[L]c data, by the x86 int8 regions."""
+    *tensors, dtype = params_and_dtype
+    rank = len(a.shape)
+
+    def fn(*i):
+        p = [_scalar(t) for t in tensors]
+        # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
+        xa = (a[i].astype(_F32) - p[0]) * p[1]
+        xb = (_bcast_index(b, i, rank, a.shape).astype(_F32) - p[2]) * p[3]
+        r = tirx.round(_fence(xa) + _fence(xb)) + p[4]
+        r = tirx.max(tirx.min(r, p[6]), p[5])
+        return r.astype(dtype)
+
+    return te.compute(a.shape, fn, name="qadd")
+
+
 def _legalize_qadd(bb, call):
     dtype = str(attr(call, "out_dtype", "uint8"))
     params = param_consts([float(attr(call, k, 0)) for k in QADD_PARAMS],
                           len(call.args[0].ty.shape))
-
-    def qa(a, b, *ps):
-        rank = len(a.shape)
-
-        def fn(*i):
-            p = [_scalar(t) for t in ps]
-            # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
-            xa = (a[i].astype(_F32) - p[0]) * p[1]
-            xb = (_bcast_index(b, i, rank).astype(_F32) - p[2]) * p[3]
-            r = tirx.round(_fence(xa) + _fence(xb)) + p[4]
-            r = tirx.max(tirx.min(r, p[6]), p[5])
-            return r.astype(dtype)
-
-        return te.compute(a.shape, fn, name="qadd")
-
-    return bb.call_te(qa, call.args[0], call.args[1], *params, primfunc_name_hint="qadd")
+    return bb.call_te(qadd_compute, call.args[0], call.args[1], *params, dtype,
+                      primfunc_name_hint="qadd")
 
 
 # ------------------------------------------------------------------------- registration

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from qcompile import ops as qops
+
 LAYOUT_ATTR = "qcompile.layout_transform"
 
 
@@ -34,25 +36,6 @@ def from_nchwc(x: te.Tensor, channels: int) -> te.Tensor:
         name="from_nchwc", attrs={LAYOUT_ATTR: 1})
 
 
-def _fence(v):
-    return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", v)
-
-
-def qadd(a: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
-    """`clip(round_half_even(f32(a - a_zp) * a_mult + f32(b - b_zp) * b_mult) + out_zp)`,
-    each f32 operation rounded separately; `a` and `b` have the same shape. The parameters
-    are the tensors `qcompile.ops.param_consts` makes of `ops.QADD_PARAMS` (inputs, not
-    immediates: tuning records then match every calibration), then the output dtype."""
-    f32 = "float32"
-    *tensors, out_dtype = params_and_dtype
-    params = [t[(0,) * len(t.shape)] for t in tensors]
-
-    def fn(*idx):
-        # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
-        xa = (a[idx].astype(f32) - params[0]) * params[1]
-        xb = (b[idx].astype(f32) - params[2]) * params[3]
-        r = tirx.round(_fence(xa) + _fence(xb)) + params[4]
-        r = tirx.max(tirx.min(r, params[6]), params[5])
-        return r.astype(out_dtype)
-
-    return te.compute(a.shape, fn, name="qadd")
+# the quantized add: the same TE compute as `qcompile.qadd`'s legalization (one copy of the
+# formula and its FMA fences), applied to same-shaped NCHW[L]c values
+qadd = qops.qadd_compute
