@@ -33,10 +33,17 @@ class FallbackLog(list):
         return [f.to_dict() for f in self]
 
 
-def tvm_errors() -> tuple[type[BaseException], ...]:
-    """What TVM raises when a schedule primitive or lowering step refuses (TVM 0.27 has no
-    `tvm.error.TVMError`; its errors derive from RuntimeError)."""
+def schedule_errors() -> tuple[type[BaseException], ...]:
+    """What TVM raises when a schedule primitive refuses (TVM 0.27 has no
+    `tvm.error.TVMError`, so `except tvm.error.TVMError` raised AttributeError; its errors
+    derive from RuntimeError)."""
     import tvm
     from tvm.s_tir.schedule import ScheduleError
 
-    return (ScheduleError, tvm.error.InternalError, ValueError)
+    return (ScheduleError, tvm.error.InternalError)
+
+
+def tvm_errors() -> tuple[type[BaseException], ...]:
+    """`schedule_errors()` plus the ValueError TVM's Python wrappers raise for arguments a
+    function's structure does not allow (a whole schedule recipe giving up)."""
+    return (*schedule_errors(), ValueError)

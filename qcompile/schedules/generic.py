@@ -114,8 +114,8 @@ def schedule_func(func, lanes: int, name: str = "", fallbacks=None):
 
     errors = tvm_errors()
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    for blk_name in _blocks(sch):
-        block = sch.get_sblock(blk_name)
+    for block_name in _blocks(sch):
+        block = sch.get_sblock(block_name)
         # inline into elementwise consumers only: padding inlined into a conv's reduction
         # becomes a branch in its innermost loop
         consumers = sch.get_consumers(block)
@@ -174,6 +174,7 @@ def apply(mod, target, extra=None, fallbacks=None):
 
     from ..fallbacks import tvm_errors
 
+    errors = tvm_errors()
     if extra is not None:
         mod = extra(mod, target)
     lanes = F32_LANES.get(vector_bits(target), 8)
@@ -186,7 +187,7 @@ def apply(mod, target, extra=None, fallbacks=None):
             continue
         try:
             updates[gv] = schedule_func(func, lanes, gv.name_hint, fallbacks)
-        except tvm_errors() as err:
+        except errors as err:
             if fallbacks is not None:
                 fallbacks.add(gv.name_hint, "generic schedule", "unscheduled (serial)", err)
             continue

@@ -33,12 +33,12 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
+from qcompile.fallbacks import schedule_errors, tvm_errors
+
 from . import compute, intrinsics, region_ops
 
 NONE_RULE = "None"
-# what TVM raises for a schedule primitive it refuses (TVM 0.27 has no `tvm.error.TVMError`:
-# catching that name raised AttributeError instead of taking the fallback)
-_TVM_ERRORS = (tvm.s_tir.schedule.ScheduleError, tvm.error.InternalError)
+_TVM_ERRORS = schedule_errors()
 _RULE_TO_OP = {v: k for k, v in compute.RULES.items()}
 
 
@@ -461,11 +461,12 @@ def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
                 updates[gv] = default_schedule(func)
             elif _is_layout_transform(func):
                 updates[gv] = default_injective_schedule(func)
-        except (*_TVM_ERRORS, ValueError) as err:
+        except tvm_errors() as err:
             if strict:
                 raise
             warnings.warn(f"qcompile: no x86 int8 schedule for {gv.name_hint} "
-                          f"(left unscheduled): {str(err).splitlines()[-1]}", stacklevel=2)
+                          f"(generic schedule instead): {str(err).splitlines()[-1]}",
+                          stacklevel=2)
             if fallbacks is not None:
                 fallbacks.add(gv.name_hint, "x86 int8 template schedule",
                               "generic schedule (no dot-product tiling)", err)
