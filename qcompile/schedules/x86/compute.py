@@ -86,14 +86,10 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0,
     assert tuple(int(x) for x in kernel.shape[5:]) == info.block_shape, kernel.shape
     sh, sw = strides
     dh, dw = dilation
-    dpad = pad_nchwc(data, padding, pad_value, dtype=info.act_dtype)
-    ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
-    oh = (ph - (kh - 1) * dh - 1) // sh + 1
-    ow = (pw - (kw - 1) * dw - 1) // sw + 1
+    dpad, oh, ow, r_kh, r_kw = _sliding_window(data, kh, kw, strides, padding, dilation,
+                                               pad_value, dtype=info.act_dtype)
     lanes = info.lanes
     r_icc = te.reduce_axis((0, icc), "icc")
-    r_kh = te.reduce_axis((0, kh), "kh")
-    r_kw = te.reduce_axis((0, kw), "kw")
     r_icq = te.reduce_axis((0, icq), "icq")
     r_ic4 = te.reduce_axis((0, 4), "ic4")
     return te.compute(
@@ -105,12 +101,13 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0,
         name="conv2d_nchwc_int8", attrs=_attrs("conv2d", info))
 
 
-def _sliding_window(data, kh, kw, strides, padding, dilation, pad_value, name="data_pad"):
+def _sliding_window(data, kh, kw, strides, padding, dilation, pad_value, name="data_pad",
+                    dtype=None):
     """(padded data, output height, output width, kh and kw reduce axes) of a window op on
-    NCHW[c]c data (floor mode)."""
+    NCHW[c]c data (floor mode); the padded data is read as `dtype` (default: data's)."""
     sh, sw = strides
     dh, dw = dilation
-    dpad = pad_nchwc(data, padding, pad_value, name=name)
+    dpad = pad_nchwc(data, padding, pad_value, name=name, dtype=dtype)
     ph, pw = int(dpad.shape[2]), int(dpad.shape[3])
     oh = (ph - (kh - 1) * dh - 1) // sh + 1
     ow = (pw - (kw - 1) * dw - 1) // sw + 1
