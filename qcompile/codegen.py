@@ -47,9 +47,6 @@ def fuse_with_map(mod, target, fast_math: bool = False):
     import tvm
     from tvm import relax
 
-    from .tvm_compat import vectorize_nearbyint
-
-    vectorize_nearbyint()
     with target, tvm.transform.PassContext(opt_level=3):
         passes = _pre_fusion_passes(fast_math, cpu=target.kind.name == "llvm")
         grouped = tvm.transform.Sequential(passes)(mod)

@@ -24,11 +24,11 @@
    VectorizeLoop therefore turns any vectorized loop containing it into a serial scalar loop
    (`ax4_s`). LLVM's own loop vectorizer happened to re-vectorize the plain requantize, but
    not once an `llvm.arithmetic.fence` (the residual add's FMA fence) follows it: ResNet-50's
-   residual-add 1x1 convs ran their whole epilogue in scalar code (1.55 ms instead of 0.19 ms
+   residual-add 1x1 convs ran their whole epilogue in scalar code (1.55 ms instead of 0.21 ms
    at 64->256 @56, measured on AVX-512 VNNI). `vectorize_nearbyint()` registers the attribute
    (lowering is `llvm.nearbyint.v*`, an elementwise LLVM intrinsic, so vector calls are
    legal); `tests/test_tvm_compat.py` checks the loop stays vector. It is called where
-   qcompile compiles (codegen, the MetaSchedule builder), not at import: loading an artifact
+   qcompile lowers TIR (codegen.compile_fused, the MetaSchedule builder), not at import: loading an artifact
    must not import TVM (the OpenCL runner needs none).
 """
 from __future__ import annotations
