@@ -72,63 +72,38 @@ def _horner(coefs, u):
     return acc
 
 
-def _let(value, body_fn, name: str):
-    """`body_fn(value)`, the value substituted where it is used. Not a `tirx.Let`:
-    MetaSchedule's flop estimator (task extraction of `qcompile tune`) has no rule for Let
-    and raises; LLVM's CSE merges the repeated pure subexpressions again."""
-    del name
-    return body_fn(value)
-
-
+# The functions below build one expression tree; intermediate values are Python variables
+# reused in it, not `tirx.Let`s: MetaSchedule's flop estimator (task extraction of `qcompile
+# tune`) has no rule for Let and raises. LLVM's CSE merges the repeated pure subexpressions.
 def exp(x):
     """f32 `e^x` (<= 2 ulp on [EXP_MIN, EXP_MAX]) from vectorizable operations."""
-    def body(xv):
-        xc = tirx.max(tirx.min(xv, _c(EXP_MAX)), _c(EXP_MIN))
-        n = tirx.floor(xc * _c(_LOG2E) + _c(0.5))
-
-        def reduced(nv):
-            r = xc - nv * _c(_LN2_HI)
-            r = r - nv * _c(_LN2_LO)
-
-            def poly(rv):
-                p = _horner(_EXP_POLY, rv) * (rv * rv) + rv + _c(1.0)
-                # 2^n with n in [-126, 128]: split as 2^(n - n//2) * 2^(n//2) so n = 128
-                # (x near EXP_MAX) stays finite in each factor
-                ni = nv.astype("int32")
-                half = tirx.shift_right(ni, tirx.const(1, "int32"))
-                s1 = tirx.reinterpret(_F32, tirx.shift_left(half + 127, tirx.const(23, "int32")))
-                s2 = tirx.reinterpret(_F32, tirx.shift_left(ni - half + 127,
-                                                            tirx.const(23, "int32")))
-                return p * s1 * s2
-            return _let(r, poly, "exp_r")
-        y = _let(n, reduced, "exp_n")
-        y = tirx.Select(xv < _c(EXP_MIN), _c(0.0), y)
-        return tirx.Select(xv > _c(EXP_MAX), _c(float("inf")), y)
-    return _let(x, body, "exp_x")
+    xc = tirx.max(tirx.min(x, _c(EXP_MAX)), _c(EXP_MIN))
+    n = tirx.floor(xc * _c(_LOG2E) + _c(0.5))
+    r = xc - n * _c(_LN2_HI)
+    r = r - n * _c(_LN2_LO)
+    p = _horner(_EXP_POLY, r) * (r * r) + r + _c(1.0)
+    # 2^n with n in [-126, 128]: split as 2^(n - n//2) * 2^(n//2) so n = 128 (x near
+    # EXP_MAX) stays finite in each factor
+    ni = n.astype("int32")
+    half = tirx.shift_right(ni, tirx.const(1, "int32"))
+    s1 = tirx.reinterpret(_F32, tirx.shift_left(half + 127, tirx.const(23, "int32")))
+    s2 = tirx.reinterpret(_F32, tirx.shift_left(ni - half + 127, tirx.const(23, "int32")))
+    y = tirx.Select(x < _c(EXP_MIN), _c(0.0), p * s1 * s2)
+    return tirx.Select(x > _c(EXP_MAX), _c(float("inf")), y)
 
 
 def erf(x):
     """f32 `erf(x)` (<= 2 ulp) from vectorizable operations."""
-    def body(xv):
-        a = tirx.abs(xv)
-
-        def small(av):
-            t = xv * xv
-            q = _horner(ERF_SMALL[:-1], t)
-            # one rounding for the leading term (explicit fma, not left to FP contraction)
-            return _fma(xv, _c(ERF_SMALL[-1]), xv * (t * q))
-
-        def big(av):
-            y = _c(1.0)
-            for bound, centre, coefs in reversed(ERF_PIECES):
-                y = tirx.Select(av < _c(bound), _horner(coefs, av - _c(centre)), y)
-            sign_neg = xv < _c(0.0)
-            return tirx.Select(sign_neg, _c(0.0) - y, y)
-
-        def pick(av):
-            return tirx.Select(av < _c(ERF_SMALL_BOUND), small(av), big(av))
-        return _let(a, pick, "erf_a")
-    return _let(x, body, "erf_x")
+    a = tirx.abs(x)
+    t = x * x
+    q = _horner(ERF_SMALL[:-1], t)
+    # one rounding for the leading term (explicit fma, not left to FP contraction)
+    small = _fma(x, _c(ERF_SMALL[-1]), x * (t * q))
+    big = _c(1.0)
+    for bound, centre, coefs in reversed(ERF_PIECES):
+        big = tirx.Select(a < _c(bound), _horner(coefs, a - _c(centre)), big)
+    big = tirx.Select(x < _c(0.0), _c(0.0) - big, big)
+    return tirx.Select(a < _c(ERF_SMALL_BOUND), small, big)
 
 
 def exp_te(x: te.Tensor) -> te.Tensor:
