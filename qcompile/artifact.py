@@ -4,9 +4,17 @@ model.json holds what a user or a later tool needs to run and reproduce the buil
 outputs (names, shapes, dtypes), the target (name and its full description), the qcompile /
 TVM / ONNX versions, the resolved build configuration, the tuning summary, and the per-op
 table (op, ONNX node, precision, kernel) that the low-precision and kernel stages fill.
+
+`seal()` ties model.json to the files it describes: `checksums` holds the SHA-256 of every
+file in `files`, and `meta_sha256` the SHA-256 of model.json's own content (without that
+key), so an edited model.json, a truncated or swapped model.so, or a missing key is an
+`ArtifactError` at `read_meta()`, never a KeyError or a crash inside the runtime. Loading
+also checks the CPU: an artifact whose target requires flags the host lacks (vpdpbusd on a
+CPU without VNNI) is refused with the flags named, not run into SIGILL.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,9 +23,36 @@ from typing import Any
 from .errors import ArtifactError
 
 FORMAT = "qcompile-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LIB_NAME = "model.so"
 META_NAME = "model.json"
+# keys every artifact description has (read_meta refuses one without them)
+REQUIRED_KEYS = ("inputs", "outputs", "target", "files", "checksums", "meta_sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def seal(out_dir: str | os.PathLike, meta: dict[str, Any]) -> None:
+    """Write DIR/model.json from `meta` (whose `files` are already in DIR), with the checksums
+    of those files and of model.json itself."""
+    out = Path(out_dir)
+    meta = dict(meta)
+    meta["checksums"] = {f: _file_sha256(out / f) for f in sorted(meta["files"].values())}
+    meta["meta_sha256"] = _meta_sha256(meta)
+    tmp_meta = out / (META_NAME + ".tmp")
+    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp_meta, out / META_NAME)
 
 
 def write(out_dir: str | os.PathLike, executable, meta: dict[str, Any]) -> Path:
@@ -32,13 +67,14 @@ def write(out_dir: str | os.PathLike, executable, meta: dict[str, Any]) -> Path:
     os.replace(tmp_lib, lib)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
             "files": {"library": LIB_NAME}}
-    tmp_meta = out / (META_NAME + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp_meta, out / META_NAME)
+    seal(out, meta)
     return out
 
 
-def read_meta(build_dir: str | os.PathLike) -> dict[str, Any]:
+def read_meta(build_dir: str | os.PathLike, check_cpu: bool = True,
+              verify_files: bool = True) -> dict[str, Any]:
+    """model.json of a build directory, checked: format, required keys, its own checksum,
+    the checksums of its files (`verify_files`) and the host CPU's flags (`check_cpu`)."""
     d = Path(build_dir)
     if not d.exists():
         raise ArtifactError(f"build directory {str(d)!r} does not exist; run `qcompile build "
@@ -52,21 +88,54 @@ def read_meta(build_dir: str | os.PathLike) -> dict[str, Any]:
                             "(or an interrupted build); rebuild it")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{meta_path} is not valid JSON ({err}); rebuild") from err
-    if meta.get("format") != FORMAT:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{meta_path} is not valid JSON ({err}): truncated or edited; "
+                            "rebuild") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path} is not a qcompile artifact description")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{meta_path} was written by a newer qcompile (format "
-                            f"{meta.get('format_version')}); upgrade qcompile to load it")
-    if meta.get("runtime", "relax-vm") != "relax-vm":
-        # other runtimes (qcompile.runtimes) list their own files; all must be there
-        missing = [f for f in meta.get("files", {}).values() if not (d / f).is_file()]
-        if missing:
-            raise ArtifactError(f"{str(d)!r} lacks {', '.join(missing)}; the build did not "
-                                "finish, rebuild it")
-        return meta
-    lib = d / meta.get("files", {}).get("library", LIB_NAME)
-    if not lib.is_file():
-        raise ArtifactError(f"{str(d)!r} lacks {lib.name}; the build did not finish, rebuild it")
+                            f"{version}); upgrade qcompile to load it")
+    if version < FORMAT_VERSION:
+        raise ArtifactError(f"{meta_path} is format {version}, from an older qcompile whose "
+                            "artifacts carry no checksums; rebuild it")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ArtifactError(f"{meta_path} lacks the key(s) {', '.join(missing)}: edited or "
+                            "written by something else; rebuild it")
+    if meta["meta_sha256"] != _meta_sha256(meta):
+        raise ArtifactError(f"{meta_path} does not match its checksum (meta_sha256): it was "
+                            "edited after the build; rebuild it (or restore the file)")
+    files = meta["files"]
+    absent = [f for f in files.values() if not (d / f).is_file()]
+    if absent:
+        raise ArtifactError(f"{str(d)!r} lacks {', '.join(absent)}; the build did not "
+                            "finish, rebuild it")
+    if verify_files:
+        for f, digest in meta["checksums"].items():
+            if _file_sha256(d / f) != digest:
+                raise ArtifactError(f"{d / f} does not match the checksum in {META_NAME}: "
+                                    "corrupt, truncated or from another build; rebuild it")
+    if check_cpu:
+        check_host_cpu(meta, meta_path)
     return meta
+
+
+def check_host_cpu(meta: dict[str, Any], where: str | os.PathLike = META_NAME) -> None:
+    """Refuse an artifact whose target needs CPU flags this host lacks (its code would die
+    with SIGILL on the first such instruction)."""
+    from .targets import cpu_flags
+
+    target = meta["target"]
+    if not isinstance(target, dict):
+        raise ArtifactError(f"{where}: `target` is not a target description; rebuild")
+    required = target.get("required_flags", [])
+    have = cpu_flags()
+    lacking = [f for f in required if f not in have]
+    if lacking:
+        raise ArtifactError(
+            f"{where}: built for target {target.get('name')!r}, which needs CPU flag(s) "
+            f"{', '.join(lacking)} that this CPU lacks (running it would crash with an illegal "
+            "instruction). Rebuild on this machine with --target host, or pick a target from "
+            "`qcompile targets` that this CPU runs.")

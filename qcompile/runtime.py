@@ -20,9 +20,10 @@ from .frontend import TensorSpec
 class CompiledModel:
     """A loaded qcompile build (Relax VM over the exported model.so)."""
 
-    def __init__(self, build_dir: str | os.PathLike, profile: bool = False):
+    def __init__(self, build_dir: str | os.PathLike, profile: bool = False,
+                 meta: dict | None = None):
         self.build_dir = Path(build_dir)
-        self.meta = artifact.read_meta(self.build_dir)
+        self.meta = meta if meta is not None else artifact.read_meta(self.build_dir)
         self.inputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
                        for t in self.meta["inputs"]]
         self.outputs = [TensorSpec(t["name"], tuple(t["shape"]), t["dtype"])
@@ -36,7 +37,7 @@ class CompiledModel:
 
         from .util import quiet_stderr
 
-        lib_path = self.build_dir / self.meta["files"]["library"]
+        lib_path = self.build_dir / self.meta["files"].get("library", artifact.LIB_NAME)
         try:
             with quiet_stderr():
                 lib = tvm.runtime.load_module(str(lib_path))
@@ -113,7 +114,7 @@ def load(build_dir: str | os.PathLike, profile: bool = False):
     meta = artifact.read_meta(build_dir)
     kind = meta.get("runtime", "relax-vm")
     if kind == "relax-vm":
-        return CompiledModel(build_dir, profile=profile)
+        return CompiledModel(build_dir, profile=profile, meta=meta)
     from . import runtimes
 
     return runtimes.load(kind, build_dir, meta, profile=profile)

@@ -36,6 +36,9 @@ class Int8Capability:
     ptq_overflow_fix: str = "none"
 
 
+FAMILIES = ("x86", "opencl")
+
+
 @dataclasses.dataclass(frozen=True)
 class TargetSpec:
     name: str
@@ -98,7 +101,10 @@ def _parse(path: Path) -> TargetSpec:
     try:
         llvm = raw.get("llvm", {})
         cpu = raw.get("cpu", {})
-        return TargetSpec(
+        if raw.get("family") not in FAMILIES:
+            raise TargetError(f"target file {path}: family = {raw.get('family')!r}; expected one "
+                              f"of {', '.join(FAMILIES)}")
+        spec = TargetSpec(
             name=raw["name"],
             description=raw["description"],
             family=raw["family"],
@@ -113,8 +119,21 @@ def _parse(path: Path) -> TargetSpec:
             opencl=dict(raw.get("opencl", {})),
             source=str(path),
         )
-    except (KeyError, TypeError) as err:
-        raise TargetError(f"target file {path} is missing or has a bad field: {err}") from err
+    except KeyError as err:
+        raise TargetError(f"target file {path} lacks the field {err}; see the other files in "
+                          f"{path.parent} for the schema") from err
+    except (TypeError, ValueError, AttributeError) as err:
+        raise TargetError(f"target file {path} has a field of the wrong type or value: {err}"
+                          ) from err
+    for f in dataclasses.fields(Int8Capability):
+        v = getattr(spec.int8, f.name)
+        if not isinstance(v, int if f.type == "int" else str) or isinstance(v, bool):
+            raise TargetError(f"target file {path} has a field of the wrong type or value: "
+                              f"int8.{f.name} = {v!r} should be {f.type}")
+    if spec.int8.lanes <= 0 or spec.int8.reduce <= 0 or spec.vector_bits <= 0:
+        raise TargetError(f"target file {path}: int8.lanes, int8.reduce and cpu.vector_bits "
+                          "must be positive")
+    return spec
 
 
 @functools.lru_cache(maxsize=None)
@@ -134,7 +153,11 @@ def quantization_rules(spec: TargetSpec) -> dict[str, Any]:
     path = _targets_dir() / "_rules" / f"{spec.quantization_rules}.toml"
     if not path.is_file():
         raise TargetError(f"target {spec.name!r} names quantization rules {path} that do not exist")
-    return tomllib.loads(path.read_text())
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise TargetError(f"quantization rules {path} (of target {spec.name!r}) are not valid "
+                          f"TOML: {err}") from err
 
 
 @functools.lru_cache(maxsize=None)

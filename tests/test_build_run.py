@@ -67,6 +67,66 @@ def test_load_errors(tmp_path):
         load(tmp_path)
 
 
+def _copy_build(cnn_build, tmp_path):
+    import shutil
+
+    d, _ = cnn_build
+    out = tmp_path / "copy"
+    shutil.copytree(d / "build", out)
+    return out, json.loads((out / "model.json").read_text())
+
+
+def _reseal(out, meta):
+    """Write model.json with a valid own checksum (an edit made by a tool, not by hand)."""
+    from qcompile import artifact
+
+    meta["meta_sha256"] = artifact._meta_sha256(meta)
+    (out / "model.json").write_text(json.dumps(meta))
+
+
+def test_edited_or_truncated_model_json_is_refused(cnn_build, tmp_path):
+    out, meta = _copy_build(cnn_build, tmp_path)
+    text = (out / "model.json").read_text()
+    (out / "model.json").write_text(text.replace('"prob"', '"probs"', 1))
+    with pytest.raises(ArtifactError, match="does not match its checksum.*edited"):
+        load(out)
+    (out / "model.json").write_text(text[: len(text) // 2])
+    with pytest.raises(ArtifactError, match="not valid JSON.*truncated"):
+        load(out)
+    del meta["inputs"]
+    (out / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="lacks the key.*inputs"):
+        load(out)
+
+
+def test_truncated_or_corrupt_library_is_refused(cnn_build, tmp_path):
+    out, meta = _copy_build(cnn_build, tmp_path)
+    lib = (out / "model.so").read_bytes()
+    (out / "model.so").write_bytes(lib[: len(lib) // 2])
+    with pytest.raises(ArtifactError, match="model.so does not match the checksum"):
+        load(out)
+    # garbage whose checksum was recorded: the loader's own error, as an ArtifactError
+    (out / "model.so").write_bytes(b"\x7fELF" + b"\0" * 64)
+    from qcompile import artifact
+
+    meta["checksums"]["model.so"] = artifact._file_sha256(out / "model.so")
+    _reseal(out, meta)
+    with pytest.raises(ArtifactError, match="cannot load .*model.so"):
+        load(out)
+
+
+def test_artifact_for_missing_cpu_flags_is_refused(cnn_build, tmp_path):
+    out, meta = _copy_build(cnn_build, tmp_path)
+    meta["target"]["required_flags"] = meta["target"]["required_flags"] + ["qc_no_such_flag"]
+    _reseal(out, meta)
+    with pytest.raises(ArtifactError, match="needs CPU flag\\(s\\) qc_no_such_flag.*illegal"):
+        load(out)
+    # inspect still describes it (it runs nothing)
+    res = subprocess.run([sys.executable, "-m", "qcompile", "inspect", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
 def test_cli_run_and_bench(cnn_build, tmp_path):
     d, _ = cnn_build
     x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)

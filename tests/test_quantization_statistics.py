@@ -128,3 +128,21 @@ def test_every_estimator_end_to_end(stat):
         assert float(qs.input_high) == pytest.approx(m_, rel=1e-6)
         assert float(qs.input_low) == pytest.approx(-m_ * 128 / 127, rel=1e-6)
     assert r.report["calibration"]["activation_stat"] == stat
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_calibration_data_is_refused(bad):
+    data = conv_data(4)
+    data[2, 1, 3, 3] = bad
+    with pytest.raises(QuantizationError, match=r"sample 2 input 'input'.*non-finite|"
+                                                r"non-finite.*sample 2 input 'input'"):
+        quantize_detailed(conv_net(), data, target="avx2")
+
+
+def test_non_finite_activations_are_counted_and_reported():
+    s = TensorStats()
+    s.update(np.array([1.0, -np.inf, 2.0, np.nan], np.float32), 64)
+    assert (s.min, s.max, s.non_finite, s.elements) == (1.0, 2.0, 2, 2)
+    assert s.summary()["non_finite"] == 2
+    r = quantize_detailed(conv_net(), conv_data(4), target="avx2")
+    assert r.report["calibration"]["non_finite_activations"] == {}

@@ -63,3 +63,29 @@ def test_durations():
     assert config.parse_duration("20m") == 1200 and config.parse_duration("90") == 90
     with pytest.raises(argparse.ArgumentTypeError):
         config.parse_duration("soon")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t + "\n[[[broken", "not valid TOML"),
+    (lambda t: t.replace('name = "avx2"', ""), "lacks the field 'name'"),
+    (lambda t: t.replace('family = "x86"', 'family = "arm"'), "family = 'arm'"),
+    (lambda t: t.replace("lanes = 8", 'lanes = "eight"'), "wrong type or value"),
+    (lambda t: t.replace("lanes = 8", "lanes = 0"), "must be positive"),
+])
+def test_malformed_target_file_is_a_target_error(tmp_path, monkeypatch, edit, message):
+    import shutil
+
+    src = targets._targets_dir()
+    shutil.copytree(src / "_rules", tmp_path / "_rules")
+    text = (src / "avx2.toml").read_text()
+    assert edit(text) != text, "the edit must change the file"
+    (tmp_path / "avx2.toml").write_text(edit(text))
+    monkeypatch.setenv("QCOMPILE_TARGETS_DIR", str(tmp_path))
+    targets.all_targets.cache_clear()
+    try:
+        with pytest.raises(TargetError, match=message) as info:
+            targets.all_targets()
+        assert "avx2.toml" in str(info.value)
+    finally:
+        monkeypatch.delenv("QCOMPILE_TARGETS_DIR")
+        targets.all_targets.cache_clear()

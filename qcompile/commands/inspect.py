@@ -16,7 +16,7 @@ def run(args) -> int:
     from ..artifact import read_meta
     from ..report import format_table
 
-    meta = read_meta(args.build_dir)
+    meta = read_meta(args.build_dir, check_cpu=False)
     ops = meta.get("ops") or []
     if args.not_int8:
         ops = [r for r in ops if r.get("precision") != "int8"]

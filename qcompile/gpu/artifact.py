@@ -73,7 +73,7 @@ def write_program(out_dir: str | os.PathLike, program: Program, meta: dict,
             "opencl": {**summary(program), "schedules": dict(sorted((schedules or {}).items()))},
             "files": {"kernels": KERNELS_NAME, "program": PROGRAM_NAME,
                       "weights": WEIGHTS_NAME}}
-    _atomic_write(out / base.META_NAME, json.dumps(meta, indent=2) + "\n")
+    base.seal(out, meta)
     return out
 
 

@@ -116,6 +116,7 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     samples = list(take(ds, cfg.subset_size))
     if not samples:
         raise QuantizationError("the calibration dataset is empty")
+    calibration.check_samples(samples)
     if len(samples) < cfg.subset_size:
         log(f"note: calibration data has {len(samples)} samples (< --subset-size "
             f"{cfg.subset_size}); using all of them")
@@ -138,6 +139,10 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         threads=threads, progress=cfg.progress)
     log(f"calibrating on {len(samples)} samples ({cfg.activation_stat})")
     stats = calibration.collect(prepared, g, plan, samples, settings)
+    non_finite = calibration.non_finite(stats)
+    for t, n in non_finite.items():
+        log(f"warning: activation {t!r} held {n} NaN/Inf values during calibration; its range "
+            "comes from the finite values only")
     _drop_non_float(plan, stats)
     calibration.assign_ranges(g, plan, stats, settings)
 
@@ -168,7 +173,8 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         preset=dataclasses.asdict(preset_obj), format=cfg.format,
         config=_config.to_dict(cfg),
         calibration={"samples": len(samples), "activation_stat": cfg.activation_stat,
-                     "weight_stat": cfg.weight_stat, "batch_size": batch},
+                     "weight_stat": cfg.weight_stat, "batch_size": batch,
+                     "non_finite_activations": non_finite},
         prepare=dataclasses.asdict(prep_log),
         ignored_scope={k: v for k, v in ignored.items()},
         accuracy_aware=aa.to_dict() if aa else None,

@@ -58,6 +58,31 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     return stats
 
 
+def check_samples(samples: list[dict[str, np.ndarray]]) -> None:
+    """Refuse calibration data holding NaN or Inf: statistics would silently leave those
+    values out, so the ranges would describe data the model never sees."""
+    bad = []
+    for i, feed in enumerate(samples):
+        for name, arr in feed.items():
+            a = np.asarray(arr)
+            if np.issubdtype(a.dtype, np.floating):
+                n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+                if n_nan or n_inf:
+                    bad.append(f"sample {i} input {name!r}: {n_nan} NaN, {n_inf} Inf of {a.size}")
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise QuantizationError(
+            "calibration data holds non-finite values: " + "; ".join(bad[:5]) + more +
+            ". Clean the data (e.g. np.nan_to_num) or drop those samples.")
+
+
+def non_finite(stats: dict[str, TensorStats]) -> dict[str, int]:
+    """Activations that produced NaN / Inf on finite calibration data (e.g. a -inf attention
+    mask, log(0)): tensor -> count. Their ranges come from the finite values only; the
+    quantization report lists them."""
+    return {t: s.non_finite for t, s in sorted(stats.items()) if s.non_finite}
+
+
 def assign_ranges(g: Graph, plan: Plan, stats: dict[str, TensorStats], s: CalibrationSettings
                   ) -> None:
     """Fill input_low / input_high of every quantizer (unified groups share one range)."""

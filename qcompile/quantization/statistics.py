@@ -28,6 +28,9 @@ class TensorStats:
     hist_lo: float = 0.0
     hist_hi: float = 0.0
     zeros: int = 0
+    # NaN / +-Inf values seen (left out of min / max and the histogram, and reported: see
+    # `calibration.non_finite`)
+    non_finite: int = 0
 
     def update(self, x: np.ndarray, bins: int | None = None) -> None:
         """Add one batch: min/max always, the histogram when `bins` is given."""
@@ -36,7 +39,9 @@ class TensorStats:
             return
         lo, hi = float(x.min()), float(x.max())
         if not (np.isfinite(lo) and np.isfinite(hi)):
-            x = x[np.isfinite(x)]
+            finite = np.isfinite(x)
+            self.non_finite += int(x.size - np.count_nonzero(finite))
+            x = x[finite]
             if x.size == 0:
                 return
             lo, hi = float(x.min()), float(x.max())
@@ -103,7 +108,8 @@ class TensorStats:
 
     def summary(self) -> dict:
         return {"min": self.min, "max": self.max, "mean_min": self.mean_min,
-                "mean_max": self.mean_max, "batches": self.batches}
+                "mean_max": self.mean_max, "batches": self.batches,
+                "non_finite": self.non_finite}
 
     @staticmethod
     def of_constant(v: np.ndarray, bins: int | None = None) -> "TensorStats":

@@ -236,7 +236,11 @@ def write_json_atomic(path: Path, obj) -> None:
 
 class DatabaseLock:
     """flock on DIR/.qcompile-lock; released on close() or when the process dies (SIGKILL
-    included), so a killed run never leaves a stale lock."""
+    included), so a killed run never leaves a stale lock.
+
+    Kept on the standard library's fcntl rather than `filelock` on purpose: builds open a
+    database *shared* (many readers at once) and tuning opens it *exclusive*; filelock's
+    FileLock has only the exclusive mode, so readers would serialize each other."""
 
     def __init__(self, path: Path, exclusive: bool):
         import fcntl
