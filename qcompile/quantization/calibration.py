@@ -65,10 +65,10 @@ def check_samples(samples: list[dict[str, np.ndarray]]) -> None:
     for i, feed in enumerate(samples):
         for name, arr in feed.items():
             a = np.asarray(arr)
-            if np.issubdtype(a.dtype, np.floating):
-                n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
-                if n_nan or n_inf:
-                    bad.append(f"sample {i} input {name!r}: {n_nan} NaN, {n_inf} Inf of {a.size}")
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                n_nan = int(np.isnan(a).sum())
+                n_inf = int(np.isinf(a).sum())
+                bad.append(f"sample {i} input {name!r}: {n_nan} NaN, {n_inf} Inf of {a.size}")
     if bad:
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         raise QuantizationError(
