@@ -71,10 +71,9 @@ def write(out_dir: str | os.PathLike, executable, meta: dict[str, Any]) -> Path:
     return out
 
 
-def read_meta(build_dir: str | os.PathLike, check_cpu: bool = True,
-              verify_files: bool = True) -> dict[str, Any]:
+def read_meta(build_dir: str | os.PathLike, check_cpu: bool = True) -> dict[str, Any]:
     """model.json of a build directory, checked: format, required keys, its own checksum,
-    the checksums of its files (`verify_files`) and the host CPU's flags (`check_cpu`)."""
+    the checksums of its files and the host CPU's flags (`check_cpu`; off for `inspect`)."""
     d = Path(build_dir)
     if not d.exists():
         raise ArtifactError(f"build directory {str(d)!r} does not exist; run `qcompile build "
@@ -112,11 +111,10 @@ def read_meta(build_dir: str | os.PathLike, check_cpu: bool = True,
     if absent:
         raise ArtifactError(f"{str(d)!r} lacks {', '.join(absent)}; the build did not "
                             "finish, rebuild it")
-    if verify_files:
-        for f, digest in meta["checksums"].items():
-            if _file_sha256(d / f) != digest:
-                raise ArtifactError(f"{d / f} does not match the checksum in {META_NAME}: "
-                                    "corrupt, truncated or from another build; rebuild it")
+    for f, digest in meta["checksums"].items():
+        if _file_sha256(d / f) != digest:
+            raise ArtifactError(f"{d / f} does not match the checksum in {META_NAME}: "
+                                "corrupt, truncated or from another build; rebuild it")
     if check_cpu:
         check_host_cpu(meta, meta_path)
     return meta
