@@ -30,6 +30,8 @@ def format_stats(s: dict) -> str:
 
 def counters(model, feed, meta: dict) -> str:
     """benchmark_app-style per-layer counters from the Relax VM profiler."""
+    from .relay_passes.use_inplace_outputs import INPLACE_SUFFIX
+
     kernels = {k["function"]: k for k in meta.get("kernels", [])}
     rows = [(name, sec * 1e6) for name, sec in model.profile(feed)]
     agg: dict[str, list] = {}
@@ -39,7 +41,8 @@ def counters(model, feed, meta: dict) -> str:
     lines = [f"{'layer (kernel)':48s} {'calls':>5s} {'time us':>10s} {'%':>6s} "
              f"{'precision':9s} {'nodes'}"]
     for name, durs in sorted(agg.items(), key=lambda kv: -sum(kv[1])):
-        k = kernels.get(name, {})
+        # an in-place variant (relay_passes/use_inplace_outputs.py) is listed under its kernel
+        k = kernels.get(name) or kernels.get(name.removesuffix(INPLACE_SUFFIX), {})
         lines.append(f"{name[:48]:48s} {len(durs):5d} {sum(durs):10.1f} "
                      f"{100 * sum(durs) / total:6.2f} {k.get('precision', '-'):9s} "
                      f"{', '.join(k.get('nodes', [])[:4])}")

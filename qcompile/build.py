@@ -137,10 +137,11 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
              f"{pretuned_desc.get('tasks_from_pretuned', '?')}/{pretuned_desc.get('tasks', '?')} "
              "kernels from it (--no-pretuned: off)", quiet)
     executable = None
+    codegen_stats: dict = {}
     if spec.family != "opencl":
         executable = codegen.compile_fused(fused, target, database=database,
                                            default_schedule=kernel_default,
-                                           fallbacks=fallbacks)
+                                           fallbacks=fallbacks, stats=codegen_stats)
     if fallbacks:
         _log(f"qcompile: {len(fallbacks)} fallback(s), see model.json `fallbacks` / qcompile "
              "inspect: " + "; ".join(f"{f.kernel} ({f.stage} -> {f.instead})"
@@ -166,6 +167,8 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
         "int8_kernels": int8_kernels,
         "fallbacks": fallbacks.to_list(),
         "kernels": _kernel_rows(fused, kernel_map, imported.node_names),
+        # calls whose output overwrites a dead input (relay_passes/use_inplace_outputs.py)
+        "inplace_calls": codegen_stats.get("inplace_calls", 0),
     }
     if executable is None:
         # OpenCL family: the wheel has no OpenCL runtime, so the artifact is the kernels,

@@ -87,12 +87,17 @@ def _anon(name: str) -> bool:
     return name.startswith("lv") and (name[2:].isdigit() or name == "lv") or name.startswith("gv")
 
 
-def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=None):
+def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=None,
+                  stats=None):
     """Build a fused module; `database` (MetaSchedule) records win over default schedules.
     `fallbacks` (a `qcompile.fallbacks.FallbackLog`) receives what the generic scheduler
-    could not schedule."""
+    could not schedule. Kernels whose output can take a dead input's memory run in place
+    (`relay_passes/use_inplace_outputs.py`); `stats` (a dict), when given, receives
+    `inplace_calls`, how many calls do."""
     import tvm
     from tvm import relax
+
+    from .relay_passes import use_inplace_outputs as inplace
 
     from .schedules import generic as default_sched
     from .tvm_compat import vectorize_nearbyint
@@ -109,7 +114,12 @@ def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=N
 
     @tvm.transform.module_pass(opt_level=3, name="qcompile.Pipeline")
     def _pipeline(m, _ctx):
+        candidates = inplace.inplace_candidates(m)  # read on the unscheduled TE blocks
         m = _schedule(m)
+        m = relax.transform.RewriteDataflowReshape()(m)
+        m, n = inplace.use_inplace_outputs(m, candidates)
+        if stats is not None:
+            stats["inplace_calls"] = n
         backend = _backend_pipeline(target)
         return tvm.transform.Sequential(backend.dataflow_lower_passes(target)
                                         + backend.finalize_passes(target))(m)

@@ -50,6 +50,9 @@ def test_fake_quantize_model(tmp_path, capsys):
     assert rows["conv1"]["in_dtypes"] == ["u8", "s8"] and rows["conv1"]["out_dtype"] == "s32"
     assert rows["add"]["relax_op"] == "qcompile.qadd" and rows["relu1"]["precision"] == "fused"
     assert rows["prob"]["precision"] == "f32" and "no integer realization" in rows["prob"]["reason"]
+    # the residual add writes over its dead skip input (use_inplace_outputs); the outputs
+    # below stay bit-exact with the reference
+    assert meta["inplace_calls"] == 1
     del res
     from qcompile.cli import main
 
