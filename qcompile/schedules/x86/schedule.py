@@ -27,6 +27,7 @@ function alone.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 
 import tvm
@@ -430,6 +431,9 @@ def _is_layout_transform(func) -> bool:
 
 def default_injective_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """Parallel + vectorized schedule for a PrimFunc of spatial blocks (layout transforms)."""
+    rows = _producers_at_rows(func)
+    if rows is not None:
+        return rows.with_attr("tir.is_scheduled", True)
     sch = Schedule(tvm.IRModule({"main": func}))
     threads = _threads()
     for blk in _all_blocks(sch)[:-1]:  # fused producers (e.g. the input quantize): inline
@@ -440,6 +444,39 @@ def default_injective_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     for blk in _all_blocks(sch):
         _root_injective(sch, blk, threads)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def _producers_at_rows(func: tirx.PrimFunc):
+    """The layout transform scheduled as by `_root_injective`, its fused producers (e.g. the
+    model's input quantize before NCHW -> NCHW4c) computed per parallel chunk in their own
+    layout, vectorized along their contiguous innermost axis, instead of inlined into the
+    transposed (gathering) vector loop: the ResNet-50 input quantize + NCHW4c went from 272
+    to 70 us (Ice Lake-SP, 2 threads). None when there is no producer, a primitive does not
+    apply, or a chunk would compute more producer elements than the transform consumes
+    (a producer in the blocked layout would be recomputed per channel)."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    blocks = _all_blocks(sch)
+    if len(blocks) < 2:
+        return None
+    last = blocks[-1]
+    try:
+        _root_injective(sch, last, _threads())
+        loops = sch.get_loops(last)
+        if not loops or sch.get(loops[0]).kind != tirx.ForKind.PARALLEL:
+            return None
+        par = loops[0]
+        consumed = math.prod(_ext(sch, lp) for lp in loops[1:])
+        for blk in reversed(blocks[:-1]):
+            sch.compute_at(blk, par)
+        for blk in blocks[:-1]:
+            inner = sch.get_loops(blk)[1:]
+            if math.prod(_ext(sch, lp) for lp in inner) > consumed:
+                return None
+            if inner and _ext(sch, inner[-1]) > 1:
+                sch.vectorize(inner[-1])
+    except _TVM_ERRORS:
+        return None
+    return sch.mod["main"]
 
 
 def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
