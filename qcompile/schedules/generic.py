@@ -48,12 +48,19 @@ def _schedule_block(sch, block, lanes: int, local_acc: bool = True) -> None:
         spatial[-1] = outer
         if reduction:
             # register blocking: ROWS accumulators of the next spatial loop share each
-            # vector load of the reduction's operand (a 4x8 tile of outputs in registers)
+            # vector load of the reduction's operand, and COLS vectors of the row share each
+            # broadcast (a 4 x 4 x 16 tile of outputs in registers: f32 attention.V of the
+            # BERT block 330 -> ~200 us on AVX-512)
             if len(spatial) >= 2:
                 r = _row_block(_extent(sch, spatial[-2]))
                 if r:
                     spatial[-2], rows = sch.split(spatial[-2], factors=[None, r])
-            sch.reorder(*spatial, *reduction, *([rows] if rows is not None else []), vec)
+            cols = _row_block(_extent(sch, outer)) if rows is not None else None
+            if cols:
+                outer, cols = sch.split(outer, factors=[None, cols])
+                spatial[-1] = outer
+            sch.reorder(*spatial, *reduction, *([rows] if rows is not None else []),
+                        *([cols] if cols else []), vec)
     par = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     sch.parallel(par)
     if vec is None:
@@ -64,6 +71,8 @@ def _schedule_block(sch, block, lanes: int, local_acc: bool = True) -> None:
     sch.vectorize(vec)
     if rows is not None:
         sch.unroll(rows)
+        if cols:
+            sch.unroll(cols)
         if local_acc:
             # accumulate the tile in a local buffer written back once per tile: LLVM keeps a
             # small constant-indexed local array in registers, a global output it reloads
