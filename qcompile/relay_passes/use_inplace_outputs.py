@@ -50,8 +50,8 @@ def _same_region(a, b) -> bool:
 
 def inplace_params(func: tirx.PrimFunc) -> list[int]:
     """Indices of the inputs of `func` (one output, the last parameter) that the output may
-    overwrite: same shape and dtype, read only by blocks that write the output at exactly the
-    element they read."""
+    overwrite: same shape and dtype, reaching the output only through point-wise blocks
+    (`_pointwise_to_output`)."""
     if len(func.params) < 2:
         return []
     bufs = list(func.params)  # TVM 0.27 (tirx): the parameters are the tensors
@@ -112,18 +112,14 @@ def inplace_candidates(mod: tvm.IRModule) -> dict[str, list[int]]:
     return out
 
 
-def _free_vars(expr):
-    return relax.analysis.free_vars(expr)
-
-
 def _plan(func: relax.Function, candidates: dict[str, list[int]]) -> dict:
     """{binding var: input index k} for the bindings that may run in place."""
     bindings = [b for blk in func.body.blocks for b in blk.bindings]
     last_use: dict = {}
     for i, b in enumerate(bindings):
-        for v in _free_vars(b.value):
+        for v in relax.analysis.free_vars(b.value):
             last_use[v] = i
-    for v in _free_vars(func.body.body):
+    for v in relax.analysis.free_vars(func.body.body):
         last_use[v] = len(bindings)
     fresh = set()
     plan = {}
