@@ -202,6 +202,34 @@ def qadd_compute(a: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
     return te.compute(a.shape, fn, name="qadd")
 
 
+REQUANTIZED_QADD_PARAMS = ("a_lo", "a_hi", "a_mult", "b_zp", "b_mult", "out_zp", "clip_min",
+                           "clip_max")
+
+
+def requantized_qadd_compute(r: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
+    """`qadd(requantize(acc), b)` when the requantized value is used only by the add:
+    `r = round_half_even(f32(acc) * mult)` (f32, not yet offset or clipped) and
+    `xa = clip(r, clip_min - zp, clip_max - zp) * a_mult`, the rest as `qadd_compute`.
+    Bit-exact to the two ops when qadd's `a_zp` is the requantize's `out_zp`: `r` is an
+    integer, so `clip(r + zp, lo, hi) - zp == clip(r, lo - zp, hi - zp)` in f32 (both sides
+    exact below 2^24; beyond it both clip to the same bound), and the uint8 value in between
+    is that integer. It saves the offset, the f32 -> int -> f32 round trip and the second
+    offset per element in the epilogue of a residual conv. Parameters: the `param_consts`
+    tensors of `REQUANTIZED_QADD_PARAMS`, then the output dtype."""
+    *tensors, dtype = params_and_dtype
+    rank = len(r.shape)
+
+    def fn(*i):
+        p = [_scalar(t) for t in tensors]
+        xa = tirx.max(tirx.min(r[i], p[1]), p[0]) * p[2]
+        xb = (_bcast_index(b, i, rank, r.shape).astype(_F32) - p[3]) * p[4]
+        y = tirx.round(_fence(xa) + _fence(xb)) + p[5]
+        y = tirx.max(tirx.min(y, p[7]), p[6])
+        return y.astype(dtype)
+
+    return te.compute(r.shape, fn, name="qadd")
+
+
 def _legalize_qadd(bb, call):
     dtype = str(attr(call, "out_dtype", "uint8"))
     params = param_consts([float(attr(call, k, 0)) for k in QADD_PARAMS],

@@ -16,6 +16,7 @@ database is a real measurement. Steps:
 
   python scripts/tune_pretuned.py --target avx2 --models /tmp/models --work-db /tmp/work-avx2 \\
       --only resnet50 --trials-per-task 16 --time-budget 45m
+  python scripts/tune_pretuned.py --target avx512-vnni ... --missing-only  # new kernels only
   python scripts/tune_pretuned.py --target avx512-vnni --rpc HOST:9190 --key vnni ...  # via RPC
   python scripts/tune_pretuned.py --target avx2 --models /tmp/models --check  # coverage only
 """
@@ -73,14 +74,34 @@ def tune_model(model: Path, args, tasks_out: list, trials: int = -1) -> dict:
                       time_budget=args.time_budget, rpc=args.rpc, key=args.key, seed=args.seed,
                       pretuned=False, cross=bool(args.rpc) and trials == 0)
     t0 = time.time()
-    res = build(str(model), cfg, None, tune_only=True,
-                tune_options={"max_trials_per_task": args.trials_per_task,
-                              "tasks_out": tasks_out})
+    options = {"max_trials_per_task": args.trials_per_task, "tasks_out": tasks_out}
+    if args.missing_only:
+        options["skip_task"] = shipped_coverage(args.target)
+    res = build(str(model), cfg, None, tune_only=True, tune_options=options)
     summary = res.meta["tuning"]
     if trials:
         print(tuner.TuneSummary(**summary).table(), flush=True)
     return {"tuning_seconds": round(time.time() - t0, 1), "trials": summary["trials"],
             "stopped_by": summary["stopped_by"], "tasks": summary["tasks"]}
+
+
+def shipped_coverage(target: str):
+    """A `skip_task` for the tuner: kernels the shipped database already holds a valid
+    record for are not tuned again (--missing-only: after a change of some kernels' PrimFuncs,
+    only those are measured; export still keeps the faster of old and new records)."""
+    from qcompile import targets
+    from qcompile.tuning import database as dbm, pretuned
+
+    shipped, _ = pretuned.open_pretuned(targets.resolve(target, cross=True))
+    if shipped is None:
+        return None
+
+    def skip(mod):
+        wl = dbm.task_workload(shipped, mod)
+        return "in the shipped database" if wl is not None and shipped.get_top_k(wl, 1) \
+            else None
+
+    return skip
 
 
 def export(args, names: list[str], runs: dict, tasks: list) -> Path:
@@ -220,6 +241,8 @@ def main(argv=None) -> int:
     p.add_argument("--key", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-export", action="store_true")
+    p.add_argument("--missing-only", action="store_true", help="tune only the kernels the "
+                   "shipped database has no record for")
     p.add_argument("--export-only", action="store_true", help="no tuning: export what the "
                    "work database holds for the models")
     p.add_argument("--check", action="store_true", help="only report coverage")

@@ -365,7 +365,7 @@ def test_template_numerics(template, path):
     np.testing.assert_array_equal(run(ex, *args), ref)
 
 
-DW_TARGETS = ["avx2", "sse4.2", "avx512", "avx512-vnni"]
+DW_TARGETS = ["avx2", "sse4.2", "avx512", "avx512-vnni", "avx2-vnni"]
 
 
 def _bias_mult(c):
@@ -374,9 +374,10 @@ def _bias_mult(c):
             (RNG.random(c) * 2e-3).astype(np.float32))
 
 
+@pytest.mark.parametrize("stride", [2, 1])
 @pytest.mark.parametrize("target", DW_TARGETS)
-def test_depthwise(target):
-    """Depthwise 3x3 stride 2, C=20 (not a multiple of the lanes), zp padding 7."""
+def test_depthwise(target, stride):
+    """Depthwise 3x3 stride 2 / 1, C=20 (not a multiple of the lanes), zp padding 7."""
     spec = TARGETS[target]
     c, h, wd = 20, 12, 9
     x = activations((1, c, h, wd))
@@ -387,14 +388,20 @@ def test_depthwise(target):
     with bb.function("main", [xv]):
         with bb.dataflow():
             p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, 1, 1, 1, 1), pad_value=7.0))
-            acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), strides=(2, 2), groups=c,
+            acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), strides=(stride, stride), groups=c,
                                              out_dtype="int32"))
             out = bb.emit_output(emit_requant(bb, acc, bias, mult, 9))
         bb.emit_func_output(out)
     ex, _, report = build(bb.get(), spec)
     assert [r["kernel"] for r in report] == ["depthwise_nchwc"]
+    # one multiply-accumulate instruction per tap: vpdpbusd on VNNI, vpmaddwd otherwise
+    dw = intrinsics.depthwise(spec.int8.dot_product)
+    assert report[0]["intrinsic"] == dw.name and report[0]["exact"]
+    asm = object_code(ex)
+    want = "vpdpbusd" if dw.variant == "vnni" else "pmaddwd"
+    assert want in asm, f"{target}: no {want} in the depthwise kernel"
     skip_unless_runnable(spec)
-    acc = conv_ref(x, w, strides=(2, 2), padding=(1, 1, 1, 1), pad_value=7, groups=c)
+    acc = conv_ref(x, w, strides=(stride, stride), padding=(1, 1, 1, 1), pad_value=7, groups=c)
     ref = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8,
                       (1, -1, 1, 1))
     np.testing.assert_array_equal(run(ex, x), ref)
@@ -607,6 +614,64 @@ def test_region_residual_maxpool(custom_ops):
         np.testing.assert_array_equal(got, ref)
     else:
         assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+
+
+def _host_x86_spec():
+    """The best x86 target this CPU runs (derived from the host, never assumed)."""
+    for name in ("avx512-vnni", "avx512", "avx2-vnni", "avx2", "sse4.2"):
+        if TARGETS[name].runnable_here():
+            return TARGETS[name]
+    pytest.skip("this CPU runs none of the x86 targets")
+
+
+@pytest.mark.parametrize("requantized_first", [True, False], ids=["rq-first", "rq-second"])
+def test_requantized_qadd_epilogue(requantized_first):
+    """conv -> requantize -> qadd(., residual): the requantize used only by the add is folded
+    into it (`region_ops.requantized_qadd`: clip(round(acc * m), lo - zp, hi - zp) * a_mult,
+    no offset / cvt round trip / offset), with the requantized value as either operand, and
+    the result is bit-exact to the two ops of the reference. Multipliers that are powers of
+    two make rounding ties frequent; clip bounds narrower than the dtype are exercised."""
+    spec = _host_x86_spec()
+    c = 32
+    x = activations((1, c, 6, 7))
+    res = activations((1, c, 6, 7))
+    w = weights((c, c, 1, 1), "widen")
+    bias = RNG.integers(-3000, 3000, c).astype(np.int32)
+    mult = (2.0 ** -RNG.integers(6, 10, c)).astype(np.float32)
+    rq_zp, lo, hi = 7, 3, 250
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    rv = relax.Var("r", relax.TensorType(res.shape, "uint8"))
+    with bb.function("main", [xv, rv]):
+        with bb.dataflow():
+            acc = bb.emit(relax.op.nn.conv2d(xv, relax.const(w), out_dtype="int32"))
+            y = bb.emit(relax.op.add(acc, relax.const(bias.reshape(1, -1, 1, 1))))
+            attrs = tvm.ir.make_node("ir.DictAttrs", axis=1, out_zp=rq_zp, out_dtype="uint8",
+                                     clip_min=lo, clip_max=hi)
+            q = bb.emit(relax.Call(qcompile_op("qcompile.requantize"), [y, relax.const(mult)],
+                                   attrs))
+            if requantized_first:
+                args, zps, mults = [q, rv], (rq_zp, 5), (0.5, 0.25)
+            else:
+                args, zps, mults = [rv, q], (5, rq_zp), (0.25, 0.5)
+            attrs = tvm.ir.make_node("ir.DictAttrs", a_zp=zps[0], a_mult=mults[0],
+                                     b_zp=zps[1], b_mult=mults[1], out_zp=9,
+                                     out_dtype="uint8", clip_min=2, clip_max=254)
+            s = bb.emit_output(relax.Call(qcompile_op("qcompile.qadd"), args, attrs))
+        bb.emit_func_output(s)
+    out = disp.dispatch(bb.get(), spec)
+    text = out["main"].script()
+    # the requantize's offset and clip are gone: qadd takes the rounded f32 value
+    assert text.count("R.maximum") == 0 and text.count("R.round") == 1, text
+    assert "R.call_tir(qadd, (lv" in text and 'dtype="float32") = R.round' in text, text
+    ex = tvm.compile(disp.lower(out, spec, strict=True), target=spec.tvm_target())
+    got = run(ex, x, res)
+    qv = requant_ref(conv_ref(x, w) + bias.reshape(1, -1, 1, 1), mult, rq_zp, lo, hi,
+                     np.uint8, (1, -1, 1, 1))
+    a, b = (qv, res) if requantized_first else (res, qv)
+    ref = qadd_ref(a, b, zps[0], mults[0], zps[1], mults[1], 9, 2, 254, np.uint8)
+    np.testing.assert_array_equal(got, ref)
+    assert (qv == lo).any() and (qv == hi).any(), "the clip bounds were not exercised"
 
 
 def test_dense_dequant_and_relu_clip():

@@ -85,12 +85,16 @@ class _Dispatcher(relax.PyExprMutator):
         self.deferred_pad: dict[Any, tuple] = {}     # pad var -> (input, (t, l, b, r), value)
         self.bound: dict[Any, relax.Expr] = {}       # original var -> original bound value
         self.entry_cache: dict[tuple, relax.Expr] = {}
+        # requantize var -> (its rounded f32 value, out_zp, clip_min, clip_max), for qadd
+        self.rounded: dict[Any, tuple] = {}
+        self.uses: dict[Any, int] = {}
         self.in_dataflow = False
 
     # ------------------------------------------------------------------ module driver
     def run(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions.items():
             if isinstance(func, relax.Function):
+                self.uses = _use_counts(func)
                 new = self.visit_expr(func)
                 self.builder_.update_func(gv, new)
         return self.builder_.get()
@@ -116,6 +120,7 @@ class _Dispatcher(relax.PyExprMutator):
         self.deferred.clear()
         self.deferred_pad.clear()
         self.entry_cache.clear()
+        self.rounded.clear()
 
     # ---------------------------------------------------------------------- bindings
     def visit_var_binding_(self, binding):
@@ -300,11 +305,12 @@ class _Dispatcher(relax.PyExprMutator):
         if groups == ic == oc and w.shape[1] == 1:
             xin, _ = self._blocked_input(src, lanes)
             kern = packing.pack_depthwise(w, lanes)
+            info = intrinsics.depthwise(self.cap.dot_product)
             expr = self.builder_.call_te(
                 compute.depthwise_nchwc, xin, relax.const(kern), strides, padding, dilation,
-                pad_value, primfunc_name_hint="qdepthwise_nchwc")
+                pad_value, info.name, primfunc_name_hint="qdepthwise_nchwc")
             self._record(var, expr, oc, out_shape)
-            self._note(var, "conv2d", None, kernel="depthwise_nchwc")
+            self._note(var, "conv2d", info, kernel="depthwise_nchwc")
             return True
         raise _Skip(f"grouped conv2d (groups={groups}) has no int8 kernel")
 
@@ -420,6 +426,8 @@ class _Dispatcher(relax.PyExprMutator):
         if out_shape is None or len(out_shape) != 4:
             return False
         self._record(var, expr, ref.channels, out_shape)
+        if name == _REQUANTIZE:
+            self.rounded[var] = self._last_rounded
         return True
 
     def _requantize(self, call, args, ref):
@@ -444,6 +452,7 @@ class _Dispatcher(relax.PyExprMutator):
         x = self.builder_.emit(relax.op.astype(args[0], "float32"))
         x = self.builder_.emit(relax.op.multiply(x, relax.const(laid)))
         x = self.builder_.emit(relax.op.round(x))
+        self._last_rounded = (x, out_zp, lo, hi)
         x = self.builder_.emit(relax.op.add(x, zp))
         x = self.builder_.emit(relax.op.maximum(x, lo_c))
         x = self.builder_.emit(relax.op.minimum(x, hi_c))
@@ -455,11 +464,36 @@ class _Dispatcher(relax.PyExprMutator):
             return None
         get = lambda k, d=0: _pyval(_attr(call, k, d))  # noqa: E731
         defaults = {"clip_min": 0, "clip_max": 255}
-        params = qops.param_consts([float(get(k, defaults.get(k, 0))) for k in qops.QADD_PARAMS],
-                                   len(_shape(a)))
-        return self.builder_.call_te(
-            region_ops.qadd, a, b, *params, str(_attr(call, "out_dtype", "uint8")),
-            primfunc_name_hint="qadd")
+        p = {k: float(get(k, defaults.get(k, 0))) for k in qops.QADD_PARAMS}
+        dtype = str(_attr(call, "out_dtype", "uint8"))
+        rank = len(_shape(a))
+        fused = self._requantized_operand(call, p)
+        if fused is not None:
+            (rounded, zp, lo, hi), other, swap = fused
+            if swap:  # f32 addition commutes exactly: the requantized operand goes first
+                p = {**p, "a_mult": p["b_mult"], "b_zp": p["a_zp"], "b_mult": p["a_mult"]}
+            vals = [lo - zp, hi - zp, p["a_mult"], p["b_zp"], p["b_mult"], p["out_zp"],
+                    p["clip_min"], p["clip_max"]]
+            return self.builder_.call_te(
+                region_ops.requantized_qadd, rounded, other, *qops.param_consts(vals, rank),
+                dtype, primfunc_name_hint="qadd")
+        params = qops.param_consts([p[k] for k in qops.QADD_PARAMS], rank)
+        return self.builder_.call_te(region_ops.qadd, a, b, *params, dtype,
+                                     primfunc_name_hint="qadd")
+
+    def _requantized_operand(self, call, p):
+        """((rounded, zp, lo, hi), other operand, swapped) when an operand of the qadd is
+        a region requantize used only by it, with qadd's zero point equal to its out_zp."""
+        for idx, zp_key in ((0, "a_zp"), (1, "b_zp")):
+            src = call.args[idx]
+            parts = self.rounded.get(src) if isinstance(src, relax.Var) else None
+            if parts is None or self.uses.get(src, 0) != 1 or parts[1] != p[zp_key]:
+                continue
+            other = self._region_arg(call.args[1 - idx], self.region[src])
+            if other is None or _shape(other) != _shape(parts[0]):
+                continue
+            return parts, other, idx == 1
+        return None
 
     def _max_pool(self, call, args, ref):
         if str(_attr(call, "layout")) != "NCHW" or str(_attr(call, "out_layout")) != "NCHW":
@@ -476,6 +510,18 @@ class _Dispatcher(relax.PyExprMutator):
             [int(x) for x in _attr(call, "strides")], [int(x) for x in _attr(call, "padding")],
             [int(x) for x in _attr(call, "dilation")], bool(_attr(call, "ceil_mode")),
             bool(_attr(call, "count_include_pad")), lay, lay)
+
+
+def _use_counts(func: relax.Function) -> dict:
+    """How many times each var is used in `func` (as an argument or a returned value)."""
+    counts: dict = {}
+
+    def visit(e):
+        if isinstance(e, relax.Var):
+            counts[e] = counts.get(e, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
 
 
 def _pool_padding(p: list[int]) -> tuple[int, int, int, int]:

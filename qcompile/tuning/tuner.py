@@ -74,13 +74,15 @@ def tune(fused_mod, spec, target, db_path, trials: int, *, time_budget: float | 
          rpc=None, builder=None, runner="local", seed: int | None = None,
          progress: bool = True, num_trials_per_iter: int | None = None,
          max_trials_per_task: int | None = None, search: dict | None = None, stream=None,
-         tasks_out: list | None = None):
+         tasks_out: list | None = None, skip_task=None):
     """Returns (database, TuneSummary). `database` is a MetaSchedule Database holding every
     record (the run's and the earlier ones); the directory is unlocked on return.
 
     rpc: qcompile.tuning.rpc.RPCSettings (measure on the tracker's servers) or None.
     search: overrides of the evolutionary search settings (search.DEFAULTS).
-    tasks_out: a list that receives the extracted tasks (scripts/tune_pretuned.py)."""
+    tasks_out: a list that receives the extracted tasks (scripts/tune_pretuned.py).
+    skip_task: a function of a task's module returning why it is not tuned in this run, or
+    None to tune it (scripts/tune_pretuned.py --missing-only)."""
     stream = stream or sys.stderr
     # QCOMPILE_TUNING_SEARCH='{"population_size": 64}': search settings for tests/experiments
     search = {**json.loads(os.environ.get("QCOMPILE_TUNING_SEARCH") or "{}"), **(search or {})}
@@ -104,14 +106,14 @@ def tune(fused_mod, spec, target, db_path, trials: int, *, time_budget: float | 
                                        runner=runner, seed=seed, progress=progress,
                                        num_trials_per_iter=num_trials_per_iter,
                                        max_trials_per_task=max_trials_per_task,
-                                       search=search or {})
+                                       search=search or {}, skip_task=skip_task)
     finally:
         opened.close()
 
 
 def _tune_locked(opened, tasks, spec, target, trials, summary, log, stream, *, time_budget, rpc,
                  builder, runner, seed, progress, num_trials_per_iter, max_trials_per_task,
-                 search):
+                 search, skip_task=None):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
     from tvm.s_tir.meta_schedule.utils import fork_seed
@@ -133,7 +135,10 @@ def _tune_locked(opened, tasks, spec, target, trials, summary, log, stream, *, t
         recs = dbm.records_of(db, mod)
         info = TaskInfo(task.task_name, float(task.weight), 0, len(recs),
                         dbm.best_seconds(db, mod))
-        if dbm.module_key(mod) in exhausted:
+        why = skip_task(mod) if skip_task is not None else None
+        if why:
+            info.skipped = why
+        elif dbm.module_key(mod) in exhausted:
             info.skipped = "search space exhausted earlier"
         elif len(recs) >= budget:
             info.skipped = "done"

@@ -11,8 +11,9 @@ Layouts (L = the intrinsic's lanes, c = a data channel block, a multiple of 4):
 
 * conv data ``NCHW[c]c`` u8 ``[N, IC/c, H, W, c]``; weight ``[OC/L, IC/c, KH, KW, c/4, *block]``;
   output ``NCHW[L]c`` s32 ``[N, OC/L, OH, OW, L]``.
-* depthwise data/output ``NCHW[L]c``; weight ``[C/L, KH, KW, L]`` (s16: the u8 x s8 product is
-  formed in s16, where it is exact, and accumulated in s32).
+* depthwise data/output ``NCHW[L]c``; weight ``[C/L, KH, KW, L]`` s32 (s8 sign-extended); the
+  padding stage zero-extends the activations to s32, one multiply-accumulate instruction
+  per tap and L channels (`intrinsics.DepthwiseIntrin`).
 * dense ``A[..., K]`` u8 x ``W[N/L, K4/4, *block]`` -> ``[..., N]`` s32 (K4 = K rounded up
   to 4; A is zero-padded along K inside the compute when K % 4 != 0; the kernel computes
   whole blocks of L columns and a `slice_n` stage drops the padding).
@@ -115,25 +116,29 @@ def _sliding_window(data, kh, kw, strides, padding, dilation, pad_value, name="d
 
 
 def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=(0, 0, 0, 0),
-                    dilation=(1, 1), pad_value=0) -> te.Tensor:
-    """Depthwise (groups = C) u8 NCHW[L]c x s16 `[C/L, KH, KW, L]` -> s32 NCHW[L]c.
+                    dilation=(1, 1), pad_value=0, intrin: str = "") -> te.Tensor:
+    """Depthwise (groups = C) u8 NCHW[L]c x s32 `[C/L, KH, KW, L]` -> s32 NCHW[L]c.
 
-    No dot-product instruction: one u8 x s8 product per output element and tap, formed in
-    s16 (exact: |255 * -128| < 2^15) and vectorized over the L channel lanes."""
+    The padding stage (`data_pad`, computed per band of rows by the schedule) zero-extends
+    the activations to s32; each tap is `acc + a * w` over the L channel lanes, tensorized
+    with `intrin` (`intrinsics.depthwise`: `vpdpbusd` or `vpmaddwd` on the widened lanes,
+    exact for every u8 x s8 input)."""
     n, cc, h, w, lanes = (int(x) for x in data.shape)
     kcc, kh, kw, kl = (int(x) for x in kernel.shape)
     assert kcc == cc and kl == lanes, (data.shape, kernel.shape)
+    assert kernel.dtype == "int32", kernel.dtype
+    info = intrinsics.by_name(intrin)
+    assert isinstance(info, intrinsics.DepthwiseIntrin) and info.lanes == lanes, (intrin, lanes)
     sh, sw = strides
     dh, dw = dilation
     dpad, oh, ow, r_kh, r_kw = _sliding_window(data, kh, kw, strides, padding, dilation,
-                                               pad_value)
+                                               pad_value, dtype="int32")
     return te.compute(
         (n, cc, oh, ow, lanes),
         lambda b, c, y, x, l: te.sum(
-            _i32(dpad[b, c, y * sh + r_kh * dh, x * sw + r_kw * dw, l].astype("int16")
-                 * kernel[c, r_kh, r_kw, l]),
+            dpad[b, c, y * sh + r_kh * dh, x * sw + r_kw * dw, l] * kernel[c, r_kh, r_kw, l],
             axis=[r_kh, r_kw]),
-        name="depthwise_nchwc_int8", attrs=_attrs("depthwise", None))
+        name="depthwise_nchwc_int8", attrs=_attrs("depthwise", info))
 
 
 def max_pool_nchwc(data: te.Tensor, pool=(3, 3), strides=(2, 2), padding=(0, 0, 0, 0),

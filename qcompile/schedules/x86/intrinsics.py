@@ -273,12 +273,105 @@ def get(kind: str, variant: str) -> DotIntrin:
     return info
 
 
-def register_all() -> list[DotIntrin]:
+# ----------------------------------------------------------------- depthwise intrinsics
+@dataclasses.dataclass(frozen=True)
+class DepthwiseIntrin:
+    """One multiply-accumulate per s32 lane for the depthwise template: `C[l] += A[l] * B[l]`
+    over `lanes` channels, A = u8 activations zero-extended to s32 (by the kernel's padding
+    stage), B = s8 weights sign-extended to s32 (packed once). In one instruction per tap:
+
+    * ``vnni``: `vpdpbusd(C, A, B)` -- each s32 lane of A holds the bytes (a, 0, 0, 0) and of
+      B (w, s, s, s): the four-byte dot product is `a * w` exactly;
+    * ``pmaddwd`` (targets without VNNI): `vpmaddwd(A, B)` -- the s16 halves are (a, 0) and
+      (w, s): `a * w + 0`, exact (no saturation: one product per pair), then `vpaddd`.
+
+    Versus forming the product in s16 and widening it (4 instructions per tap and 16
+    channels), this is 1 (VNNI) or 2."""
+
+    name: str
+    kind: str
+    variant: str
+    lanes: int
+    exact: bool = True
+
+
+def _dw_funcs(lanes: int, vnni: bool):
+    from tvm.script import tirx as T
+
+    i32v = f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle):
+        A = T.match_buffer(a, (lanes,), "int32", strides=(1,), offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int32", strides=(1,), offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", strides=(1,), offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
+            T.writes(C[0:lanes])
+            for i in T.serial(lanes):
+                with T.sblock("update"):
+                    vi = T.axis.remap("S", [i])
+                    C[vi] = C[vi] + A[vi] * B[vi]
+
+    if vnni:
+        i8v = f"int8x{4 * lanes}"
+        llvm = _VNNI[lanes]
+
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle):
+            A = T.match_buffer(a, (lanes,), "int32", strides=(1,), offset_factor=1)
+            B = T.match_buffer(b, (lanes,), "int32", strides=(1,), offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", strides=(1,), offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
+                T.writes(C[0:lanes])
+                C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                    i32v, llvm, C.vload([0], i32v), T.reinterpret(i8v, A.vload([0], i32v)),
+                    T.reinterpret(i8v, B.vload([0], i32v)))
+        return desc, impl
+
+    i16v = f"int16x{2 * lanes}"
+    madd = _PMADDWD[lanes]
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle):  # noqa: F811
+        A = T.match_buffer(a, (lanes,), "int32", strides=(1,), offset_factor=1)
+        B = T.match_buffer(b, (lanes,), "int32", strides=(1,), offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", strides=(1,), offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
+            T.writes(C[0:lanes])
+            C[T.ramp(0, 1, lanes)] = C.vload([0], i32v) + T.call_llvm_pure_intrin(
+                i32v, madd, T.reinterpret(i16v, A.vload([0], i32v)),
+                T.reinterpret(i16v, B.vload([0], i32v)))
+    return desc, impl
+
+
+@functools.lru_cache(maxsize=None)
+def depthwise(kind: str) -> DepthwiseIntrin:
+    """The depthwise multiply-accumulate intrinsic for a `dot_product` kind (registered on
+    first use): `vpdpbusd` where the kind is VNNI, `vpmaddwd` otherwise."""
+    from tvm.s_tir import TensorIntrin
+
+    if kind not in _KIND_LANES:
+        raise ValueError(f"no x86 int8 intrinsic for dot_product {kind!r} "
+                         f"(known: {', '.join(sorted(_KIND_LANES))})")
+    lanes = _KIND_LANES[kind]
+    vnni = kind.startswith("vpdpbusd")
+    info = DepthwiseIntrin(name=f"qcompile.x86.dw.{kind}", kind=kind,
+                           variant="vnni" if vnni else "pmaddwd", lanes=lanes)
+    desc, impl = _dw_funcs(lanes, vnni)
+    TensorIntrin.register(info.name, desc, impl, override=True)
+    return info
+
+
+def register_all() -> list:
     """Register every intrinsic (call before opening a tuning database that names them)."""
     out = []
     for kind in _KIND_LANES:
         for variant in (("vnni",) if kind.startswith("vpdpbusd") else ("widen", "widen16", "fast")):
             out.append(get(kind, variant))
+        out.append(depthwise(kind))
     return out
 
 
@@ -322,9 +415,12 @@ def select(int8_cap, weights_safe: bool = False, s16_activations: bool = True,
     return info
 
 
-def by_name(name: str) -> DotIntrin:
-    """The `DotIntrin` registered under `name` (registering it if needed)."""
+def by_name(name: str):
+    """The `DotIntrin` (or `DepthwiseIntrin`) registered under `name` (registering it if
+    needed)."""
     for kind in _KIND_LANES:
+        if name == f"qcompile.x86.dw.{kind}":
+            return depthwise(kind)
         variants = ("vnni",) if kind.startswith("vpdpbusd") else ("widen", "widen16", "fast")
         for variant in variants:
             if intrin_name(kind, variant) == name:

@@ -54,11 +54,11 @@ def pack_dense(w_kn: np.ndarray, info: DotIntrin, blocks: np.ndarray | None = No
 
 
 def pack_depthwise(w: np.ndarray, lanes: int) -> np.ndarray:
-    """`[C, 1, KH, KW]` s8 -> `[C/L, KH, KW, L]` s16 (zero-padded)."""
+    """`[C, 1, KH, KW]` s8 -> `[C/L, KH, KW, L]` s32 (sign-extended, zero-padded)."""
     c, one, kh, kw = w.shape
     assert one == 1, w.shape
     cp = round_up(c, lanes)
-    wp = np.zeros((cp, kh, kw), dtype=np.int16)
+    wp = np.zeros((cp, kh, kw), dtype=np.int32)
     wp[:c] = w[:, 0]
     return np.ascontiguousarray(wp.reshape(cp // lanes, lanes, kh, kw).transpose(0, 2, 3, 1))
 

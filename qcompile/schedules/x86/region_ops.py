@@ -3,8 +3,9 @@
 * `to_nchwc` / `from_nchwc`: NCHW <-> NCHW[c]c layout transforms at region borders (their
   blocks are annotated ``qcompile.layout_transform`` so `apply_default_schedules` gives the
   stand-alone ones a parallel schedule);
-* `qadd`: the quantized add of docs/integer-ir.md, with `llvm.arithmetic.fence` around both
-  products: TVM's LLVM backend enables FP contraction (`AllowFPOpFusion = Fast`), which
+* `qadd` (and `requantized_qadd`, the same add taking its first operand before the
+  requantize's offset and clip): the quantized add of docs/integer-ir.md, with
+  `llvm.arithmetic.fence` around both products: TVM's LLVM backend enables FP contraction (`AllowFPOpFusion = Fast`), which
   would otherwise turn `x * a_mult + y * b_mult` into an FMA and differ from the reference
   (each f32 operation rounded separately) by one LSB at rounding ties.
 """
@@ -39,3 +40,6 @@ def from_nchwc(x: te.Tensor, channels: int) -> te.Tensor:
 # the quantized add: the same TE compute as `qcompile.qadd`'s legalization (one copy of the
 # formula and its FMA fences), applied to same-shaped NCHW[L]c values
 qadd = qops.qadd_compute
+# `qadd(requantize(acc), b)` with the requantized value used only by the add (exact, fewer
+# epilogue instructions: see `qops.requantized_qadd_compute`)
+requantized_qadd = qops.requantized_qadd_compute

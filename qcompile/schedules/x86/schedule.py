@@ -169,8 +169,9 @@ def _split_epilogue(sch: Schedule, main):
     return [sch.get_sblock(n) for n in remaining]
 
 
-def _prologue(sch: Schedule, main, threads: int) -> list:
-    """Inline producer chains before `main`; schedule the direct producers at the root."""
+def _prologue(sch: Schedule, main, threads: int, at_root: bool = True) -> list:
+    """Inline producer chains before `main`; schedule the direct producers at the root
+    (unless not `at_root`: the op's schedule then places them itself). Returns them."""
     blocks = _all_blocks(sch)
     names = [_block_name(sch, b) for b in blocks]
     main_name = _block_name(sch, main)
@@ -189,7 +190,8 @@ def _prologue(sch: Schedule, main, threads: int) -> list:
     out = []
     for name in kept:
         blk = sch.get_sblock(name)
-        _root_injective(sch, blk, threads)
+        if at_root:
+            _root_injective(sch, blk, threads)
         out.append(blk)
     return out
 
@@ -309,21 +311,55 @@ def _rows_outer(sch: Schedule, main) -> bool:
     return _buffer_bytes(data) >= _buffer_bytes(weight)
 
 
-def _schedule_depthwise(sch: Schedule, main, tune: bool, epilogue, threads: int) -> None:
+def _depthwise_band(n_c: int, n_y: int, threads: int, row_bytes: int, stride: int, kh: int,
+                    max_rows: int = 8, max_bytes: int = 128 * 1024) -> int:
+    """Output rows per parallel chunk of the depthwise template: the most rows (<= max_rows,
+    dividing n_y) whose padded s32 input rows fit `max_bytes` (the chunk's stage stays in
+    L2) and that still leave >= 4 chunks per thread."""
+    for rows in sorted((d for d in _divisors(n_y) if d <= max_rows), reverse=True):
+        in_rows = (rows - 1) * stride + kh
+        if n_c * (n_y // rows) >= 4 * threads and in_rows * row_bytes <= max_bytes:
+            return rows
+    return 1
+
+
+def _schedule_depthwise(sch: Schedule, main, info, tune: bool, epilogue, threads: int,
+                        producers: list, tiles: dict | None = None) -> None:
+    """Depthwise template: chunks of (channel block, band of output rows) run in parallel;
+    each chunk first pads and zero-extends the input rows its band reads (the producer
+    stage, computed at the chunk, so it stays in L1/L2 instead of being a pass over the
+    whole tensor), then for each run of `xi` outputs keeps `xi` s32 accumulators in
+    registers and does one `info` multiply-accumulate per tap (kw and x unrolled)."""
     b, c, y, x, lane, kh, kw = sch.get_loops(main)
-    n_x, n_y = _ext(sch, x), _ext(sch, y)
+    n_c, n_x, n_y = _ext(sch, c), _ext(sch, x), _ext(sch, y)
     xi = _best_divisor(n_x, 8)
-    y_o, y_i = _tile(sch, y, 2, tune, [n_y, 1], 4)
+    # the stage's padded s32 input [N, C/L, PH, PW, L]: bytes per row of one channel block,
+    # and the row stride estimated from the shapes (a heuristic: only sizes the band)
+    row_bytes, stride, n_kh = 0, 1, _ext(sch, kh)
+    if producers:
+        pad = sch.get(producers[0]).writes[0].source
+        ph = int(pad.shape[2])
+        row_bytes = _buffer_bytes(pad) // (int(pad.shape[0]) * int(pad.shape[1]) * ph)
+        stride = max(1, (ph - n_kh) // max(1, n_y - 1))
+    yb = _depthwise_band(n_c, n_y, threads, row_bytes, stride, n_kh)
+    if tiles:
+        xi, yb = tiles.get("x", xi), tiles.get("y", yb)
+    y_o, y_i = _tile(sch, y, 2, tune, [n_y // yb, yb], 8)
     x_o, x_i = _tile(sch, x, 2, tune, [n_x // xi, xi], 16)
-    sch.reorder(b, c, y_o, x_o, y_i, kh, kw, x_i, lane)
+    sch.reorder(b, c, y_o, y_i, x_o, kh, kw, x_i, lane)
     par = sch.fuse(b, c, y_o)
     sch.parallel(par)
+    for blk in producers:
+        sch.compute_at(blk, par, preserve_unit_loops=True)
+        inner = sch.get_loops(blk)[-1]
+        if 1 < _ext(sch, inner) <= 64:
+            sch.vectorize(inner)
     _place_epilogue(sch, epilogue, x_o)
-    sch.vectorize(lane)
     sch.unroll(x_i)
     sch.unroll(kw)
     init = sch.decompose_reduction(main, kh)
     _vectorize_init(sch, init)
+    sch.tensorize(sch.get_loops(main)[-1], info.name)
 
 
 def _schedule_matmul(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool, epilogue,
@@ -372,12 +408,13 @@ def schedule_fused(sch: Schedule, block=None, tune: bool = False,
         raise ValueError("no qcompile int8 block (schedule_rule annotation) in this function")
     main, op, intrin = found
     threads = _threads()
-    _prologue(sch, main, threads)
+    producers = _prologue(sch, main, threads, at_root=op != "depthwise")
     epilogue = _split_epilogue(sch, main)
     if op == "conv2d":
         _schedule_conv(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
     elif op == "depthwise":
-        _schedule_depthwise(sch, main, tune, epilogue, threads)
+        _schedule_depthwise(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads,
+                            producers, tiles)
     elif op == "max_pool":
         _schedule_max_pool(sch, main, epilogue)
     elif op in ("dense", "batch_matmul"):
