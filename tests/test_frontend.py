@@ -95,6 +95,45 @@ def test_constant_folding_turns_computed_shapes_into_constants():
     assert im.outputs[0].shape == (3, 5)
 
 
+def _two_round_reshape_model():
+    """y = Reshape(x, [1, Shape(x)[1], -1]); z = Reshape(y, [Shape(y)[2], -1]): y's shape is
+    known only once the first shape is folded, so the second chain folds in a second round
+    (as in PP-OCRv4's attention blocks, which did not import)."""
+    c = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [
+        # Shape -> Slice with starts/ends from Constant nodes, as paddle2onnx writes it
+        helper.make_node("Constant", [], ["k1"], value=c("k1", [1]), name="const1"),
+        helper.make_node("Constant", [], ["k2"], value=c("k2", [2]), name="const2"),
+        helper.make_node("Shape", ["x"], ["s1"], name="shape1"),
+        helper.make_node("Slice", ["s1", "k1", "k2"], ["g1"], name="slice1"),
+        helper.make_node("Concat", ["one", "g1", "minus1"], ["shp1"], axis=0, name="concat1"),
+        helper.make_node("Reshape", ["x", "shp1"], ["y"], name="reshape1"),
+        helper.make_node("Relu", ["y"], ["yr"], name="relu"),
+        helper.make_node("Shape", ["yr"], ["s2"], name="shape2"),
+        helper.make_node("Gather", ["s2", "i2"], ["g2"], axis=0, name="gather2"),
+        helper.make_node("Concat", ["g2", "minus1"], ["shp2"], axis=0, name="concat2"),
+        helper.make_node("Reshape", ["yr", "shp2"], ["z"], name="reshape2"),
+    ]
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 6])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        initializer=[c("i2", [2]), c("one", [1]), c("minus1", [-1])])
+    # opset 12 (PP-OCRv4's): ONNX shape inference does not propagate Slice data there
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 12)])
+    m.ir_version = 8
+    return m
+
+
+def test_folding_repeats_until_shapes_computed_from_folded_shapes_fold():
+    proto, _, folded = prepare(_two_round_reshape_model(), {"x": (2, 4, 6)})
+    assert [n.op_type for n in proto.graph.node] == ["Reshape", "Relu", "Reshape"]
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    assert list(inits["shp1"]) == [1, 4, -1] and list(inits["shp2"]) == [12, -1]
+    assert folded == 8
+    im = import_onnx(_two_round_reshape_model(), {"x": (2, 4, 6)})
+    assert im.outputs[0].shape == (12, 4)
+
+
 def test_folding_never_folds_weight_dequantize():
     w = numpy_helper.from_array(np.arange(-4, 4, dtype=np.int8).reshape(2, 4), "wq")
     s = numpy_helper.from_array(np.array(0.1, np.float32), "ws")

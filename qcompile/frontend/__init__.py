@@ -57,14 +57,25 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
         raise UnsupportedOpsError(dict(missing), source)
 
 
+MAX_FOLD_ROUNDS = 16
+
+
 def prepare(model: str | os.PathLike | onnx.ModelProto,
             input_shapes: dict[str, tuple[int, ...]] | None = None):
     """Load, fix shapes, infer, fold: the ONNX-level half of the import (no TVM)."""
     proto, source = load_model(model)
     proto = fix_input_shapes(proto, input_shapes, source)
     proto = infer_shapes(proto, source)
-    proto, folded = fold_constants(proto)
-    proto = infer_shapes(proto, source)
+    # fold, re-infer, repeat: a folded shape (Shape->...->Reshape) makes the Reshape's output
+    # static, which lets the next Shape of it fold in the next round (PP-OCRv4's attention)
+    folded = 0
+    for _ in range(MAX_FOLD_ROUNDS):
+        proto, n = fold_constants(proto)
+        if n:
+            proto = infer_shapes(proto, source)
+        folded += n
+        if not n:
+            break
     check_supported(proto, source)
     return proto, source, folded
 
