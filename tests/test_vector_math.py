@@ -79,7 +79,9 @@ def test_exp_max_error_is_two_ulp_and_limits():
     assert e[0] == 0 and e[1] < 1e-37 and np.isinf(e[2]) and np.isinf(e[3]) and e[4] == 1.0
 
 
-def test_softmax_matches_float64():
+@pytest.mark.parametrize("axis", [-1, 1, 0])
+def test_softmax_matches_float64(axis):
+    """Any axis (YOLOv8's DFL head takes a softmax over axis 1 of a 4-D tensor)."""
     import tvm
     from tvm import relax
 
@@ -90,7 +92,7 @@ def test_softmax_matches_float64():
     xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            out = bb.emit_output(relax.op.nn.softmax(xv, axis=-1))
+            out = bb.emit_output(relax.op.nn.softmax(xv, axis=axis))
         bb.emit_func_output(out)
     spec = targets.detect_host()
     fused = codegen.fuse(bb.get(), spec.tvm_target())
@@ -99,9 +101,9 @@ def test_softmax_matches_float64():
     vm_ = relax.VirtualMachine(ex, tvm.cpu())
     got = vm_["main"](tvm.runtime.tensor(x)).numpy()
     # the f32 subtraction x - max is part of the formula (exp amplifies its rounding by |d|)
-    d = (x - x.max(-1, keepdims=True)).astype(np.float64)
+    d = (x - x.max(axis, keepdims=True)).astype(np.float64)
     ref = np.exp(d)
-    ref /= ref.sum(-1, keepdims=True)
+    ref /= ref.sum(axis, keepdims=True)
     # exp <= 2 ulp, the f32 sum of 128 terms and one division: well under 1e-6
     assert np.max(np.abs(got - ref) / ref) < 1e-6
 

@@ -32,7 +32,10 @@ def dims_of(vi: onnx.ValueInfoProto) -> list[int | str | None]:
 
 
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] | None,
-                     source: str = "model") -> onnx.ModelProto:
+                     source: str = "model", require_static: bool = True) -> onnx.ModelProto:
+    """Set the `--input-shape` dims of `model`'s inputs (a copy). Unless `require_static`
+    is False (`qcompile quantize`, where the data gives the shapes), an input left with a
+    dynamic dim is an `InputError` naming the flag to pass."""
     shapes = dict(shapes or {})
     inputs = graph_inputs(model)
     names = [i.name for i in inputs]
@@ -59,7 +62,8 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
             for n in new:
                 tt.shape.dim.add().dim_value = int(n)
             continue
-        if cur is None or any(not (isinstance(d, int) and d > 0) for d in cur):
+        if require_static and (cur is None or any(not (isinstance(d, int) and d > 0)
+                                                   for d in cur)):
             hint = ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in (cur or []))
             raise InputError(
                 f"input {vi.name!r} of {source} has a dynamic or unknown shape {cur}; qcompile "

@@ -97,6 +97,10 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     t0 = time.time()
     src = model if isinstance(model, (str, Path)) else getattr(model.graph, "name", "model")
     fp32 = load_model(model)
+    if cfg.input_shapes:
+        from ..frontend.shapes import fix_input_shapes
+
+        fp32 = fix_input_shapes(fp32, cfg.input_shapes, str(src), require_static=False)
     if cfg.subset_size <= 0:
         raise QuantizationError(f"--subset-size {cfg.subset_size} must be positive")
 

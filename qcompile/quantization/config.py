@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import flag
+from ..config import flag, parse_shape_assignment
 from .range_estimators import ESTIMATORS
 
 
@@ -23,6 +23,11 @@ class QuantizeConfig:
                             "s8 in both (default: performance)")
     target: str = flag("host", help="target whose quantization rules decide which ops get "
                                     "quantized inputs (targets/*.toml; default: host)")
+    input_shapes: dict[str, tuple[int, ...]] = flag(
+        default_factory=dict, name="--input-shape", parse=parse_shape_assignment, repeat=True,
+        metavar="NAME=D1,D2,...", help="static shape for an input with symbolic dims "
+        "(repeatable; as for `qcompile build`): the quantized model keeps it, and every "
+        "calibration sample must have it")
     subset_size: int = flag(300, help="number of calibration samples used (default: 300)")
     activation_stat: str = flag("mse", choices=list(ESTIMATORS),
                                 help="activation range estimator: minmax, mean_minmax (mean of "

@@ -15,8 +15,8 @@ from .placement import Plan
 
 
 def _rng(v) -> list[float] | float:
-    a = np.asarray(v, np.float64)
-    return float(a) if a.size == 1 else [float(a.min()), float(a.max())]
+    a = np.asarray(v, np.float64).reshape(-1)  # NumPy >= 2.4: float() of a 1-element
+    return float(a[0]) if a.size == 1 else [float(a.min()), float(a.max())]  # ndim>0 fails
 
 
 def quantizer_entry(q) -> dict:

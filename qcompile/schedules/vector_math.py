@@ -120,8 +120,8 @@ def softmax_te(x: te.Tensor, axis: int = -1) -> te.Tensor:
     k1 = te.reduce_axis((0, x.shape[axis]), "k1")
     k2 = te.reduce_axis((0, x.shape[axis]), "k2")
 
-    def at(idx, k):
-        return idx[:axis] + (k,) + idx[axis + 1:]
+    def at(idx, k):  # an index over the reduced shape, with `k` inserted at `axis`
+        return idx[:axis] + (k,) + idx[axis:]
 
     red_shape = tuple(x.shape[:axis]) + tuple(x.shape[axis + 1:])
     mx = te.compute(red_shape, lambda *i: te.max(x[at(i, k1)], axis=k1), name="softmax_max")
