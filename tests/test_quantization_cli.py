@@ -115,3 +115,29 @@ def test_python_api_rejects_unknown_options():
     from qcompile.quantization import quantize
     with pytest.raises(QuantizationError, match="did you mean 'activation_stat'"):
         quantize(conv_net(), conv_data(2), activation_stats="mse")
+
+
+def test_quantize_cli_input_shape_fixes_symbolic_dims(files):
+    """A model with a symbolic batch: --input-shape fixes it in the quantized model (the
+    flag `qcompile build` has too); a rank mismatch is an error naming the input."""
+    m = onnx.load(files / "m.onnx")
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(m, files / "dyn.onnx")
+    args = _parse(cli_quantize, [files / "dyn.onnx", "--data", files / "calib.npy",
+                                 "--subset-size", 4, "--input-shape", "input=1,3,16,16",
+                                 "-o", files / "q.onnx"])
+    assert cli_quantize.run(args) == 0
+    q = onnx.load(files / "q.onnx")
+    assert [d.dim_value for d in q.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 16, 16]
+    bad = _parse(cli_quantize, [files / "dyn.onnx", "--data", files / "calib.npy",
+                                "--input-shape", "input=1,3,16"])
+    from qcompile.errors import InputError
+    with pytest.raises(InputError, match="input 'input'|input input"):
+        cli_quantize.run(bad)
+
+
+def test_report_ranges_of_one_element_arrays():
+    """Per-tensor ranges stored as [1,1,1,1] arrays (NumPy >= 2.4 refuses float() of them)."""
+    from qcompile.quantization.report import _rng
+    assert _rng(np.full((1, 1, 1, 1), 2.5, np.float32)) == 2.5
+    assert _rng(np.array([1.0, -3.0, 2.0])) == [-3.0, 2.0]
