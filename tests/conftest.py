@@ -1,6 +1,7 @@
 """Shared fixtures: small models built with onnx.helper (tests never read ../shared)."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -74,3 +75,33 @@ def ort_run(model_or_path, feed):
         else str(model_or_path)
     sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     return sess.run(None, feed)
+
+
+# ------------------------------------------------------------------ OpenCL device (GPU tests)
+@functools.lru_cache(maxsize=None)
+def _opencl_device():
+    from qcompile.gpu import opencl
+
+    try:
+        return opencl.pick_device(), None
+    except opencl.OpenCLUnavailable as err:
+        return None, str(err)
+
+
+def require_opencl():
+    """The OpenCL device the GPU tests run on. Without one the test is skipped -- except
+    under CI=true, where it fails: `.ci/run` installs PoCL and pyopencl, so a missing device
+    there means the GPU path broke, not that the machine lacks one."""
+    dev, why = _opencl_device()
+    if dev is None:
+        msg = f"no OpenCL device ({why}); install pocl-opencl-icd and pyopencl"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{msg} -- under CI=true a missing OpenCL device is a failure "
+                        "(.ci/run installs PoCL)")
+        pytest.skip(msg)
+    return dev
+
+
+@pytest.fixture
+def opencl_device():
+    return require_opencl()

@@ -6,7 +6,6 @@ executes on any OpenCL device (PoCL here) without TVM.
 """
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
 import sys
@@ -14,26 +13,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ort_run
+from conftest import ort_run, require_opencl
 from qcompile.build import BuildConfig, build
 from qcompile.errors import ArtifactError, InputError
-
-
-@functools.lru_cache(maxsize=None)
-def _no_device_reason():
-    try:
-        from qcompile.gpu import opencl
-
-        opencl.pick_device()
-        return None
-    except Exception as err:  # noqa: BLE001
-        return f"{type(err).__name__}: {err}"
-
-
-def need_device():
-    why = _no_device_reason()
-    if why:
-        pytest.skip(f"no OpenCL device ({why}); install pocl-opencl-icd and pyopencl")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +62,7 @@ def test_artifact_files_and_format(gpu_build):
 
 
 def test_runs_and_matches_onnxruntime(gpu_build):
-    need_device()
+    require_opencl()
     from qcompile.runtime import load
 
     d, _ = gpu_build
@@ -101,7 +83,7 @@ def test_runs_and_matches_onnxruntime(gpu_build):
 
 def test_runner_needs_no_tvm(gpu_build):
     """The artifact runs in a process where `import tvm` fails."""
-    need_device()
+    require_opencl()
     d, _ = gpu_build
     x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.save(d / "x.npy", x)
@@ -124,7 +106,7 @@ assert not [k for k in sys.modules if k.split('.')[0] in ('tvm', 'tvm_ffi')]
 
 
 def test_input_checks_and_load_errors(gpu_build, tmp_path):
-    need_device()
+    require_opencl()
     from qcompile.runtime import load
 
     d, _ = gpu_build
@@ -143,7 +125,7 @@ def test_input_checks_and_load_errors(gpu_build, tmp_path):
 
 
 def test_cli_run_and_bench(gpu_build, tmp_path):
-    need_device()
+    require_opencl()
     d, _ = gpu_build
     x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -164,7 +146,7 @@ def test_cli_run_and_bench(gpu_build, tmp_path):
 def test_int8_model_matches_x86_build(tmp_path):
     """A FakeQuantize CNN through the low-precision passes: the OpenCL artifact's output
     equals the x86 int8 build's bit for bit (the graph is integer up to a final dequantize)."""
-    need_device()
+    require_opencl()
     import onnx
 
     from qcompile.demo import make_demo_model

@@ -15,7 +15,6 @@ Skipped (with the reason) only when no OpenCL device / pyopencl is available.
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import pytest
@@ -25,24 +24,7 @@ from tvm import relax  # noqa: E402
 
 from qcompile import targets  # noqa: E402
 from qcompile.artifact import read_meta  # noqa: E402
-
-
-@functools.lru_cache(maxsize=None)
-def _device_or_reason():
-    try:
-        from qcompile.gpu import opencl
-
-        return opencl.pick_device(), None
-    except Exception as err:  # noqa: BLE001
-        return None, f"{type(err).__name__}: {err}"
-
-
-def _require_device():
-    dev, why = _device_or_reason()
-    if dev is None:
-        pytest.skip(f"no OpenCL device to run kernels on ({why}); install pocl-opencl-icd "
-                    "and pyopencl")
-    return dev
+from conftest import require_opencl  # noqa: E402
 
 
 # the dot() shim below makes PoCL warn about an unknown extension pragma
@@ -64,7 +46,7 @@ def run_paths(mod, feed, tmp_path, paths=PATHS, expect_template=True):
     from qcompile.gpu.artifact import build_relax
     from qcompile.runtimes.opencl import OpenCLModel
 
-    _require_device()
+    require_opencl()
     report: list = []
     out = build_relax(mod, SPEC, tmp_path / "art", report=report)
     meta = read_meta(out)
@@ -284,7 +266,7 @@ def test_dot_path_is_the_one_that_runs(tmp_path):
     from qcompile.gpu.artifact import build_relax
     from qcompile.runtimes.opencl import OpenCLModel
 
-    _require_device()
+    require_opencl()
     x = RNG.integers(0, 256, (1, 8, 6, 6)).astype(np.uint8)
     w = RNG.integers(-127, 128, (4, 8, 1, 1)).astype(np.int8)
     mod = _conv_module(x.shape, w, (1, 1), (1, 1), (0, 0, 0, 0), None, 0, False)

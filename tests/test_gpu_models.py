@@ -9,27 +9,15 @@ as close to fp32 (ONNX Runtime) as each other. Slow: ~1.5 min (MobileNetV2) and 
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ort_run
+from conftest import ort_run, require_opencl
 
 pytestmark = pytest.mark.slow
-
-
-@functools.lru_cache(maxsize=None)
-def _no_device_reason():
-    try:
-        from qcompile.gpu import opencl
-
-        opencl.pick_device()
-        return None
-    except Exception as err:  # noqa: BLE001
-        return f"{type(err).__name__}: {err}"
 
 
 class _Net:
@@ -130,9 +118,7 @@ def sqnr(ref, x):
 
 @pytest.mark.parametrize("make", [mobilenetv2, resnet50], ids=["mobilenetv2", "resnet50"])
 def test_whole_int8_model_on_opencl_equals_x86(make, tmp_path):
-    why = _no_device_reason()
-    if why:
-        pytest.skip(f"no OpenCL device ({why}); install pocl-opencl-icd and pyopencl")
+    require_opencl()
     from qcompile.build import BuildConfig, build
     from qcompile.quantization.api import quantize
     from qcompile.runtime import load

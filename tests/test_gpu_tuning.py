@@ -6,7 +6,6 @@ the full demonstration with figures.
 """
 from __future__ import annotations
 
-import functools
 import json
 
 import numpy as np
@@ -16,26 +15,14 @@ tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
 from qcompile import targets  # noqa: E402
+from conftest import require_opencl  # noqa: E402
 
 SPEC = targets.resolve("intel-gpu")
 
 
-@functools.lru_cache(maxsize=None)
-def _no_device_reason():
-    try:
-        from qcompile.gpu import opencl
-
-        opencl.pick_device()
-        return None
-    except Exception as err:  # noqa: BLE001
-        return f"{type(err).__name__}: {err}"
-
-
 @pytest.fixture(autouse=True)
 def need_device():
-    why = _no_device_reason()
-    if why:
-        pytest.skip(f"no OpenCL device ({why}); install pocl-opencl-icd and pyopencl")
+    require_opencl()
 
 
 def conv_module(c=16, h=14, oc=32, seed=0):

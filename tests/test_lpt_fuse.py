@@ -135,3 +135,38 @@ def test_quantize_of_a_float_op_stays_a_region_entry():
         s = ir.emit(relax.op.nn.softmax(ir.p[0]), "softmax")
         before = ir.out(ir.emit(q(s, np.float32(1 / 255), np.uint8(0)), "q"))
     tvm.ir.assert_structural_equal(run(before), before)
+
+
+def test_unfused_dequantize_quantize_is_reported_with_its_reason():
+    """A dequantize -> quantize pair the pass cannot fuse (per-channel output zero points
+    that differ) stays in f32: fuse_requantize says why (ctx.notes), report_float_ops lists
+    it as an f32 requantize with that reason (model.json, --strict)."""
+    from qcompile.relay_passes.report_float_ops import unconverted_ops
+
+    with IR(ACC) as ir:
+        y = ir.emit(dq(ir.p[0], SACC, np.zeros(4, np.int32), "int32", axis=1))
+        before = ir.out(ir.emit(q(y, np.full(4, 0.05, np.float32),
+                                  np.array([3, 4, 5, 6], np.uint8)), "q_pc"))
+    cx = ctx()
+    after = FuseRequantize(cx)(before)
+    assert ops_of(after) == ops_of(before)            # left alone
+    notes = [n for n in cx.notes if n["node"] == "q_pc"]
+    assert notes and "zero points that differ" in notes[0]["reason"], cx.notes
+    cx.node_names = {"q_pc": "q_pc"}
+    rows = unconverted_ops(after, cx)
+    assert [(r["node"], r["relax_op"]) for r in rows] == [("q_pc", "requantize (f32)")]
+    assert "zero points that differ" in rows[0]["reason"]
+
+
+def test_quantize_of_a_float_op_is_not_reported():
+    """quantize(f32 op(dequantize)) is where an integer region starts: no note, no entry."""
+    from qcompile.relay_passes.report_float_ops import unconverted_ops
+
+    with IR(ACC) as ir:
+        y = ir.emit(dq(ir.p[0], SACC, np.zeros(4, np.int32), "int32", axis=1))
+        s = ir.emit(relax.op.sigmoid(y), "sig")
+        before = ir.out(ir.emit(q(s, np.float32(0.01), np.uint8(0)), "q"))
+    cx = ctx()
+    after = FuseRequantize(cx)(before)
+    assert not [n for n in cx.notes if n["op"] == "requantize"]
+    assert all(r["relax_op"] != "requantize (f32)" for r in unconverted_ops(after, cx))

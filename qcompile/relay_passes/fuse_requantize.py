@@ -46,31 +46,40 @@ class _Fuse(BindingRewriter):
     def rewrite(self, var, value):
         if op_name(value) != Q:
             return None
-        s, z = self.const(value.args[1]), self.const(value.args[2])
-        if s is None or z is None:
-            return None
-        py = make_params(s, z, int(value.attrs.axis), str(value.attrs.out_dtype))
         x = value.args[0]
         if self.const(x) is not None:
-            return None
+            return None  # a quantized constant (weight): realize_integer_ops' business
         chain, cur = [], x
         for _ in range(32):
             v = self.value_of(cur)
             name = op_name(v)
             if name in _CLIPS or name in _STRUCT:
-                if name == "relax.nn.max_pool2d" and str(v.attrs.layout) != "NCHW":
-                    return None
                 chain.append((cur, v))
                 cur = v.args[0]
                 continue
             break
         base_val = self.value_of(cur)
+
+        def refuse(reason: str):
+            """Leave this quantize alone; when its input is a dequantized value (so the
+            pair runs as an f32 requantize) say why, for model.json / --strict."""
+            if self.dq(cur) is not None or op_name(base_val) in ("relax.add", "relax.concat"):
+                self.report(var, "requantize", f"dequantize -> quantize left in f32: {reason}")
+            return None
+
+        s, z = self.const(value.args[1]), self.const(value.args[2])
+        if s is None or z is None:
+            return refuse("the quantize's scale / zero point are not constants")
+        py = make_params(s, z, int(value.attrs.axis), str(value.attrs.out_dtype))
+        if any(op_name(v) == "relax.nn.max_pool2d" and str(v.attrs.layout) != "NCHW"
+               for _, v in chain):
+            return refuse("a max-pool in the chain is not NCHW")
         structural = [(c, v) for c, v in chain if op_name(v) in _STRUCT]
         if not py.per_tensor and any(op_name(v) != "relax.nn.max_pool2d" for _, v in structural):
-            return None
+            return refuse("per-channel output parameters through a shape op")
         zy = py.uniform_zp()
         if zy is None:
-            return None
+            return refuse("per-channel output zero points that differ")
         dlo, dhi = int_range(py.dtype)
         lo = np.full(py.zp.shape, dlo, np.int64)
         hi = np.full(py.zp.shape, dhi, np.int64)
@@ -85,7 +94,7 @@ class _Fuse(BindingRewriter):
                     for t in (a, b))
                 lo, hi = np.maximum(lo, qa), np.minimum(hi, qb)
         if np.any(lo > hi):
-            return None
+            return refuse("the relu / clip chain leaves an empty integer range")
         # per-channel bounds: the uniform part goes into the requantize, the rest into an
         # integer maximum / minimum with a per-channel constant after it
         lo_s, hi_s = int(lo.min()), int(hi.max())
@@ -97,14 +106,17 @@ class _Fuse(BindingRewriter):
         lo, hi = lo_s, hi_s
         base = None
         d = self.dq(cur)
+        self._why = None
         if d is not None and self.const(d[0]) is None:
             base = self._requantize(var, d[0], d[1], py, zy, lo, hi, bool(structural))
         elif op_name(base_val) == "relax.add":
             base = self._qadd(var, cur, base_val, py, zy, lo, hi, bool(structural))
         elif op_name(base_val) == "relax.concat":
             base = self._concat(var, cur, base_val, py, zy, lo, hi, bool(structural))
+        else:
+            return None  # a real f32 op: an integer region starts at this quantize
         if base is None:
-            return None
+            return refuse(self._why or "no integer rule matched")
         if post:
             if not isinstance(base, relax.Var):
                 base = self.emit(base, var.name + "__rq")
@@ -136,6 +148,7 @@ class _Fuse(BindingRewriter):
     def _requantize(self, var, x, px: QParams, py: QParams, zy, lo, hi, emit_now):
         dt = dtype_of(x)
         if not dt or "int" not in dt:
+            self._why = f"the dequantized value is {dt or 'of unknown dtype'}, not an integer"
             return None
         if px.dtype == py.dtype and _same_values(px, py) and (lo, hi) == int_range(py.dtype):
             return x
@@ -143,6 +156,7 @@ class _Fuse(BindingRewriter):
             c = relax.op.clip(x, relax.prim_value(lo), relax.prim_value(hi))
             return self.emit(c, var.name + "__rq") if emit_now else c
         if not px.per_tensor and not py.per_tensor and px.axis != py.axis:
+            self._why = f"per-channel axes differ (dequantize {px.axis}, quantize {py.axis})"
             return None
         rank = len(shape_of(x))
         if np.any(px.zp != 0) or dt != "int32":
@@ -162,7 +176,11 @@ class _Fuse(BindingRewriter):
 
     def _qadd(self, var, addvar, call, py, zy, lo, hi, emit_now):
         da, db = self.dq(call.args[0]), self.dq(call.args[1])
-        if da is None or db is None or not py.per_tensor:
+        if da is None or db is None:
+            self._why = "an input of the add is not dequantized"
+            return None
+        if not py.per_tensor:
+            self._why = "the add's output is quantized per channel (qadd takes one scale)"
             return None
         (a, pa), (b, pb) = da, db
         if not (pa.per_tensor and pb.per_tensor):
@@ -172,6 +190,7 @@ class _Fuse(BindingRewriter):
         if self.const(a) is not None:
             (a, pa), (b, pb) = (b, pb), (a, pa)
         if self.const(a) is not None:
+            self._why = "both inputs of the add are constants"
             return None
         bc = self.const(b)
         if bc is not None:   # a quantized constant (a bias ONNX Runtime quantized): broadcast
@@ -188,11 +207,14 @@ class _Fuse(BindingRewriter):
     def _concat(self, var, catvar, call, py, zy, lo, hi, emit_now):
         t = self.value_of(call.args[0])
         if not isinstance(t, relax.Tuple) or not py.per_tensor:
+            self._why = "the concat's output is quantized per channel" if isinstance(
+                t, relax.Tuple) else "the concat's inputs are not a tuple"
             return None
         parts = []
         for i, f in enumerate(t.fields):
             d = self.dq(f)
             if d is None or self.const(d[0]) is not None or not d[1].per_tensor:
+                self._why = (f"concat input {i} is not a per-tensor dequantized activation")
                 return None
             r = self._requantize(var, d[0], d[1], py, zy, lo, hi, False)
             if r is None:

@@ -4,7 +4,8 @@ Expects: the output of pass 4.
 
 Guarantees: the module is unchanged. `ctx.unconverted` lists, by ONNX node name, every op
 that had quantized inputs but still computes in f32 — a `qcompile.fake_quantize` that was not
-decomposed, or a compute op that reads a dequantized value — each with the reason a pass
+decomposed, a compute op that reads a dequantized value, or a quantize of a dequantized
+value (a requantize done in f32, which fuse_requantize did not fuse) — each with the reason a pass
 gave (`ctx.notes`) or, failing that, that no integer realization exists for the op. Nothing
 falls back silently: with `ctx.strict` a non-empty list is a QuantizationError naming them.
 """
@@ -66,6 +67,11 @@ def unconverted_ops(mod, ctx) -> list[dict]:
                     from_dq.add(b.var)
                 continue
             if name == Q:
+                if reads_dq:  # a dequantize -> quantize pair fuse_requantize did not fuse
+                    node = owner(b.var, names, uses)
+                    out.append({"node": node, "relax_op": "requantize (f32)",
+                                "reason": notes.get(node, "dequantize -> quantize not fused "
+                                                    "into an integer requantize")})
                 continue
             node = owner(b.var, names, uses)
             if name == qops.FAKE_QUANTIZE:
