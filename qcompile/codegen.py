@@ -17,16 +17,16 @@ def _pre_fusion_passes(fast_math: bool = False, cpu: bool = True):
     from .schedules import vector_math
 
     # (OpenCL has vector exp/erf built in: the overrides are for LLVM CPU targets only)
-    exact_vector_math = cpu and not fast_math
     return [
         # --fast-math: erf/exp/tanh as TVM's rational/polynomial approximations (|err| ~1e-7
-        # in f32), off by default. The default build legalizes f32 exp / erf / softmax with
-        # qcompile's vectorizable versions (<= 2 ulp, schedules/vector_math.py) instead of
-        # TVM's, which LLVM can only scalarize into libm calls.
+        # in f32), off by default. The default build legalizes f32 exp / erf with qcompile's
+        # vectorizable versions (<= 2 ulp, schedules/vector_math.py) instead of TVM's, which
+        # LLVM can only scalarize into libm calls; softmax / layer norm (both builds) with
+        # lane-split reductions the generic schedule vectorizes along the reduced axis.
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(
-            customize_legalize_map=vector_math.legalize_map() if exact_vector_math else None),
+            customize_legalize_map=vector_math.legalize_map(fast_math) if cpu else None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),

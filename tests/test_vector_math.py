@@ -146,3 +146,34 @@ def test_tuning_task_extraction_accepts_them():
     for fn in (vm.erf_te, vm.exp_te, vm.softmax_te):
         f = te.create_prim_func([a, fn(a)])
         assert estimate_tir_flops(tvm.IRModule({"main": f})) > 0
+
+
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_layer_norm_matches_float64(fast_math):
+    """The lane-split layer norm over the last axis (both builds) vs float64 numpy."""
+    import tvm
+    from tvm import relax
+
+    from qcompile import codegen, targets
+
+    rng = np.random.default_rng(2)
+    x = (rng.normal(0, 3, (2, 16, 768)) + 5).astype(np.float32)
+    g = rng.normal(1, 0.2, 768).astype(np.float32)
+    b = rng.normal(0, 0.5, 768).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.layer_norm(xv, relax.const(g), relax.const(b),
+                                                        axes=[-1], epsilon=1e-5))
+        bb.emit_func_output(out)
+    spec = targets.detect_host()
+    fused = codegen.fuse(bb.get(), spec.tvm_target(), fast_math)
+    prims = [f for f in fused.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any("ln_sum_part" in f.script() for f in prims)  # the lane-split version
+    ex = codegen.compile_fused(fused, spec.tvm_target())
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    xd = x.astype(np.float64)
+    mean = xd.mean(-1, keepdims=True)
+    ref = (xd - mean) / np.sqrt(((xd - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * g + b
+    assert np.max(np.abs(got - ref)) < 2e-5 * np.max(np.abs(ref))
