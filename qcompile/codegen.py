@@ -124,8 +124,15 @@ def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=N
         return tvm.transform.Sequential(backend.dataflow_lower_passes(target)
                                         + backend.finalize_passes(target))(m)
 
+    # CPU: small per-chunk buffers of parallel loops on the stack (tir_stack_allocs.py)
+    tir_pipeline = "default"
+    if target.kind.name == "llvm":
+        from .tir_stack_allocs import register_pipeline
+
+        tir_pipeline = register_pipeline()
     with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(mod, target=target, relax_pipeline=_pipeline)
+        return tvm.compile(mod, target=target, relax_pipeline=_pipeline,
+                           tir_pipeline=tir_pipeline)
 
 
 def _mark_db_scheduled(mod):

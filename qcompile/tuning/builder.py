@@ -20,7 +20,19 @@ def build_candidate(mod, target, _params):
     vectorize_nearbyint()  # measure what the build will run (vector requantize epilogues)
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(mod, target=target, pipeline=tir_pipeline(target))
+
+
+def tir_pipeline(target) -> str:
+    """The TIR pipeline the build uses for `target` (codegen.compile_fused): measure that."""
+    import tvm
+
+    t = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if t.kind.name == "llvm":
+        from qcompile.tir_stack_allocs import register_pipeline
+
+        return register_pipeline()
+    return "default"
 
 
 def export_shared(mod) -> str:

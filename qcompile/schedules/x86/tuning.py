@@ -51,7 +51,9 @@ def seed_with_default(database, func: tirx.PrimFunc, target, number: int = 5,
     mod = normalize(func)
     sch = tvm.s_tir.Schedule(mod)
     schedule.schedule_fused(sch, tune=False)
-    ex = tvm.compile(sch.mod, target=target)
+    from qcompile.tuning.builder import tir_pipeline
+
+    ex = tvm.compile(sch.mod, target=target, tir_pipeline=tir_pipeline(target))
     rt = ex.jit()
     args = _random_args(mod["main"], np.random.default_rng(0))
     timer = rt.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
