@@ -374,10 +374,11 @@ def _bias_mult(c):
             (RNG.random(c) * 2e-3).astype(np.float32))
 
 
-@pytest.mark.parametrize("stride", [2, 1])
+@pytest.mark.parametrize("stride,pad", [(2, 1), (1, 1), (1, 0)])
 @pytest.mark.parametrize("target", DW_TARGETS)
-def test_depthwise(target, stride):
-    """Depthwise 3x3 stride 2 / 1, C=20 (not a multiple of the lanes), zp padding 7."""
+def test_depthwise(target, stride, pad):
+    """Depthwise 3x3 stride 2 / 1, C=20 (not a multiple of the lanes), zp padding 7 or none
+    (then the kernel's widening stage has no padding)."""
     spec = TARGETS[target]
     c, h, wd = 20, 12, 9
     x = activations((1, c, h, wd))
@@ -387,7 +388,8 @@ def test_depthwise(target, stride):
     xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0, 1, 1, 1, 1), pad_value=7.0))
+            p = bb.emit(relax.op.nn.pad(xv, (0, 0, 0, 0) + (pad,) * 4, pad_value=7.0)) \
+                if pad else xv
             acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), strides=(stride, stride), groups=c,
                                              out_dtype="int32"))
             out = bb.emit_output(emit_requant(bb, acc, bias, mult, 9))
@@ -401,7 +403,7 @@ def test_depthwise(target, stride):
     want = "vpdpbusd" if dw.variant == "vnni" else "pmaddwd"
     assert want in asm, f"{target}: no {want} in the depthwise kernel"
     skip_unless_runnable(spec)
-    acc = conv_ref(x, w, strides=(stride, stride), padding=(1, 1, 1, 1), pad_value=7, groups=c)
+    acc = conv_ref(x, w, strides=(stride, stride), padding=(pad,) * 4, pad_value=7, groups=c)
     ref = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8,
                       (1, -1, 1, 1))
     np.testing.assert_array_equal(run(ex, x), ref)
