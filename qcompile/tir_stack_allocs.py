@@ -18,31 +18,22 @@ loops and non-constant sizes are left to the workspace pool.
 """
 from __future__ import annotations
 
-import numpy as np
-
 # stack budget per allocation (TVM's worker threads have the default 8 MiB stack)
 MAX_BYTES = 16 * 1024
 DISABLE_LOWER_BUILTIN = "disable_lower_builtin"
 
 
 def _const_bytes(buf) -> int | None:
+    """Bytes of a constant-shaped buffer, None when a dim is symbolic."""
+    import tvm
+
     n = 1
     for d in buf.shape:
-        try:
-            n *= int(d)
-        except TypeError:
+        if not isinstance(d, tvm.tirx.IntImm):
             return None
-    dt = buf.dtype
-    bits = np.dtype(str(dt)).itemsize * 8 if str(dt) in ("bool",) else None
-    try:
-        import tvm
-
-        t = tvm.runtime.DataType(str(dt))
-        bits = t.bits * t.lanes
-    except (ValueError, TypeError):
-        if bits is None:
-            return None
-    return n * max(bits // 8, 1)
+        n *= int(d)
+    t = tvm.runtime.DataType(str(buf.dtype))
+    return n * max(t.bits * t.lanes // 8, 1)
 
 
 def _scope(buf) -> str:

@@ -296,6 +296,7 @@ class DepthwiseIntrin:
 
 
 def _dw_funcs(lanes: int, vnni: bool):
+    from tvm import tirx
     from tvm.script import tirx as T
 
     i32v = f"int32x{lanes}"
@@ -315,35 +316,29 @@ def _dw_funcs(lanes: int, vnni: bool):
 
     if vnni:
         i8v = f"int8x{4 * lanes}"
-        llvm = _VNNI[lanes]
 
-        @T.prim_func(s_tir=True)
-        def impl(a: T.handle, b: T.handle, c: T.handle):
-            A = T.match_buffer(a, (lanes,), "int32", strides=(1,), offset_factor=1)
-            B = T.match_buffer(b, (lanes,), "int32", strides=(1,), offset_factor=1)
-            C = T.match_buffer(c, (lanes,), "int32", strides=(1,), offset_factor=1)
-            with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
-                T.writes(C[0:lanes])
-                C[T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                    i32v, llvm, C.vload([0], i32v), T.reinterpret(i8v, A.vload([0], i32v)),
-                    T.reinterpret(i8v, B.vload([0], i32v)))
-        return desc, impl
+        def mac(c, a, b):  # vpdpbusd(C, A, B): the four-byte dot product is a * w
+            return tirx.call_llvm_pure_intrin(i32v, _VNNI[lanes], c, tirx.reinterpret(i8v, a),
+                                              tirx.reinterpret(i8v, b))
+    else:
+        i16v = f"int16x{2 * lanes}"
 
-    i16v = f"int16x{2 * lanes}"
-    madd = _PMADDWD[lanes]
+        def mac(c, a, b):  # C + vpmaddwd(A, B): the s16 pairs give a * w + 0
+            return c + tirx.call_llvm_pure_intrin(i32v, _PMADDWD[lanes],
+                                                  tirx.reinterpret(i16v, a),
+                                                  tirx.reinterpret(i16v, b))
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle):  # noqa: F811
+    def impl(a: T.handle, b: T.handle, c: T.handle):
         A = T.match_buffer(a, (lanes,), "int32", strides=(1,), offset_factor=1)
         B = T.match_buffer(b, (lanes,), "int32", strides=(1,), offset_factor=1)
         C = T.match_buffer(c, (lanes,), "int32", strides=(1,), offset_factor=1)
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:lanes], B[0:lanes])
             T.writes(C[0:lanes])
-            C[T.ramp(0, 1, lanes)] = C.vload([0], i32v) + T.call_llvm_pure_intrin(
-                i32v, madd, T.reinterpret(i16v, A.vload([0], i32v)),
-                T.reinterpret(i16v, B.vload([0], i32v)))
+            C[T.ramp(0, 1, lanes)] = mac(C.vload([0], i32v), A.vload([0], i32v),
+                                         B.vload([0], i32v))
+
     return desc, impl
 
 
