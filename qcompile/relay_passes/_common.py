@@ -161,28 +161,26 @@ def int_range(dtype: str) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- rewriter
-class BindingRewriter(relax.PyExprMutator):
-    """Visits every binding of every Relax function in order; `rewrite(var, value)` may emit
-    helper bindings through `self.emit` and return the expression that replaces `value`
-    (bound under `var`'s name), or None to keep the binding as it is. `value` has its
-    arguments already remapped to the rewritten vars; `self.value_of(v)` returns the value
-    bound to a (rewritten) var."""
+class DataflowMutator(relax.PyExprMutator):
+    """The skeleton every qcompile Relax mutator shares: `run()` visits each Relax function
+    of the module (`begin_function` may prepare per-function state, or return False to skip
+    one), `in_dataflow` says whether the binding being visited is in a dataflow block, and
+    `bind_under(var, expr)` binds a replacement under `var`'s name -- a block output stays an
+    output -- so later uses of `var` refer to it. Subclasses are decorated with
+    `@relax.expr_functor.mutator` as usual."""
 
-    def __init__(self, mod: tvm.IRModule, ctx=None):
+    def __init__(self, mod: tvm.IRModule):
         super().__init__(mod)
         self.mod_ = mod
-        self.ctx = ctx
         self.in_dataflow = False
-        self.uses: dict[Any, list] = {}
-        self.renamed: dict[Any, str] = {}   # var -> the name it was meant to have
 
-    # ---- driver
+    def begin_function(self, gv, func) -> bool:
+        return True
+
     def run(self) -> tvm.IRModule:
         for gv, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.uses = _uses(func)
-                new = self.visit_expr(func)
-                self.builder_.update_func(gv, new)
+            if isinstance(func, relax.Function) and self.begin_function(gv, func):
+                self.builder_.update_func(gv, self.visit_expr(func))
         return self.builder_.get()
 
     def visit_dataflow_block_(self, block):
@@ -191,6 +189,35 @@ class BindingRewriter(relax.PyExprMutator):
             return super().visit_dataflow_block_(block)
         finally:
             self.in_dataflow = False
+
+    def bind_under(self, var, expr):
+        """Bind `expr` under `var`'s name and make later uses of `var` refer to it."""
+        new_value = self.builder_.normalize(expr)
+        if self.in_dataflow and not isinstance(var, relax.DataflowVar):
+            new_var = self.builder_.emit_output(new_value, name_hint=var.name)
+        else:
+            new_var = self.builder_.emit(new_value, name_hint=var.name)
+        self.set_var_remap(var, new_var)
+        return new_var
+
+
+class BindingRewriter(DataflowMutator):
+    """Visits every binding of every Relax function in order; `rewrite(var, value)` may emit
+    helper bindings through `self.emit` and return the expression that replaces `value`
+    (bound under `var`'s name), or None to keep the binding as it is. `value` has its
+    arguments already remapped to the rewritten vars; `self.value_of(v)` returns the value
+    bound to a (rewritten) var."""
+
+    def __init__(self, mod: tvm.IRModule, ctx=None):
+        super().__init__(mod)
+        self.ctx = ctx
+        self.uses: dict[Any, list] = {}
+        self.renamed: dict[Any, str] = {}   # var -> the name it was meant to have
+
+    # ---- driver
+    def begin_function(self, gv, func) -> bool:
+        self.uses = _uses(func)
+        return True
 
     DONE = object()   # returned by `rewrite` when it has remapped the var itself
 
@@ -216,17 +243,10 @@ class BindingRewriter(relax.PyExprMutator):
 
     # ---- helpers
     def bind(self, var, expr):
-        """Bind `expr` under `var`'s name and make later uses of `var` refer to it."""
-        new_value = self.builder_.normalize(expr)
-        if isinstance(var, relax.DataflowVar) and self.in_dataflow:
-            new_var = self.builder_.emit(new_value, name_hint=var.name)
-        elif self.in_dataflow:
-            new_var = self.builder_.emit_output(new_value, name_hint=var.name)
-        else:
-            new_var = self.builder_.emit(new_value, name_hint=var.name)
+        """`bind_under`, remembering the name when the builder had to suffix it."""
+        new_var = self.bind_under(var, expr)
         if new_var.name != var.name:
             self.renamed[new_var] = var.name
-        self.set_var_remap(var, new_var)
         return new_var
 
     def emit(self, expr, name: str):

@@ -30,6 +30,8 @@ import tvm
 from tvm import relax, tirx
 from tvm_ffi import structural_equal
 
+from ._common import DataflowMutator
+
 INPLACE_SUFFIX = "_inplace"
 
 
@@ -146,21 +148,17 @@ def _plan(func: relax.Function, candidates: dict[str, list[int]]) -> dict:
 
 
 @relax.expr_functor.mutator
-class _Rewriter(relax.PyExprMutator):
+class _Rewriter(DataflowMutator):
     def __init__(self, mod, plans):
         super().__init__(mod)
-        self.mod_ = mod
         self.plans = plans
+        self.plan: dict = {}
         self.new_funcs: dict = {}
         self.rewritten = 0
-        self.in_dataflow = False
 
-    def visit_dataflow_block_(self, block):
-        self.in_dataflow = True
-        try:
-            return super().visit_dataflow_block_(block)
-        finally:
-            self.in_dataflow = False
+    def begin_function(self, gv, func) -> bool:
+        self.plan = self.plans.get(gv.name_hint) or {}
+        return bool(self.plan)
 
     def _inplace_gv(self, gv, k):
         key = (gv.name_hint, k)
@@ -180,19 +178,7 @@ class _Rewriter(relax.PyExprMutator):
         new = relax.op.call_tir_inplace(self._inplace_gv(val.args[0], k), relax.Tuple(args),
                                         [k], val.ty_args[0])
         self.rewritten += 1
-        new = self.builder_.normalize(new)
-        if isinstance(binding.var, relax.DataflowVar) or not self.in_dataflow:
-            nv = self.builder_.emit(new, name_hint=binding.var.name)
-        else:
-            nv = self.builder_.emit_output(new, name_hint=binding.var.name)
-        self.set_var_remap(binding.var, nv)
-
-    def run(self):
-        for gv, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function) and self.plans.get(gv.name_hint):
-                self.plan = self.plans[gv.name_hint]
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
+        self.bind_under(binding.var, new)
 
 
 def use_inplace_outputs(mod: tvm.IRModule, candidates: dict[str, list[int]]):

@@ -45,6 +45,7 @@ from qcompile import ops as qops
 from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops
 from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
 from ._common import loose_dtype as _dtype, loose_shape as _shape
+from ._common import DataflowMutator
 from ._common import pyval as _pyval, raw_attr as _attr
 
 __all__ = ["dispatch", "X86Int8Dispatch", "fuse", "lower", "apply_default_schedules"]
@@ -69,12 +70,11 @@ class _Blocked:
 
 
 @relax.expr_functor.mutator
-class _Dispatcher(relax.PyExprMutator):
+class _Dispatcher(DataflowMutator):
     def __init__(self, mod: tvm.IRModule, spec, allow_fast: bool, report: list | None,
                  exact_variant: str | None = None):
         super().__init__(mod)
         self.exact_variant = exact_variant
-        self.mod_ = mod
         self.spec = spec
         self.cap = spec.int8
         self.lanes = int(spec.int8.lanes)
@@ -88,23 +88,16 @@ class _Dispatcher(relax.PyExprMutator):
         # requantize var -> (its rounded f32 value, out_zp, clip_min, clip_max), for qadd
         self.rounded: dict[Any, tuple] = {}
         self.uses: dict[Any, int] = {}
-        self.in_dataflow = False
 
     # ------------------------------------------------------------------ module driver
-    def run(self) -> tvm.IRModule:
-        for gv, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.uses = _use_counts(func)
-                new = self.visit_expr(func)
-                self.builder_.update_func(gv, new)
-        return self.builder_.get()
+    def begin_function(self, gv, func) -> bool:
+        self.uses = _use_counts(func)
+        return True
 
     def visit_dataflow_block_(self, block):
-        self.in_dataflow = True
         try:
             return super().visit_dataflow_block_(block)
         finally:
-            self.in_dataflow = False
             self._end_block()
 
     def visit_binding_block_(self, block):
@@ -157,13 +150,7 @@ class _Dispatcher(relax.PyExprMutator):
         fn = self.deferred.pop(var, None)
         if fn is None:
             return
-        new_value = fn()
-        if isinstance(var, relax.DataflowVar) and self.in_dataflow:
-            new_var = self.builder_.emit(new_value, name_hint=var.name)
-        else:
-            new_var = self.builder_.emit_output(new_value, name_hint=var.name) \
-                if self.in_dataflow else self.builder_.emit(new_value, name_hint=var.name)
-        self.set_var_remap(var, new_var)
+        self.bind_under(var, fn())
 
     def _use(self, expr):
         """The rewritten expression for an argument used outside any region."""
@@ -365,18 +352,8 @@ class _Dispatcher(relax.PyExprMutator):
                                          info.name, transpose_b,
                                          primfunc_name_hint="qbatch_matmul")
             self._note(var, "matmul", info, kernel="batch_matmul")
-        self._bind_same(var, expr)
+        self.bind_under(var, expr)
         return True
-
-    def _bind_same(self, var, expr):
-        new_value = self.builder_.normalize(expr)
-        if isinstance(var, relax.DataflowVar) and self.in_dataflow:
-            new_var = self.builder_.emit(new_value, name_hint=var.name)
-        elif self.in_dataflow:
-            new_var = self.builder_.emit_output(new_value, name_hint=var.name)
-        else:
-            new_var = self.builder_.emit(new_value, name_hint=var.name)
-        self.set_var_remap(var, new_var)
 
     # ---------------------------------------------------------------- region ops
     def _region_arg(self, arg, ref: _Blocked):

@@ -31,6 +31,7 @@ import tvm
 from tvm import relax
 
 from . import compute
+from ...relay_passes._common import DataflowMutator
 from ...relay_passes._common import loose_dtype as _dtype, loose_shape as _shape
 from ...relay_passes._common import pyval as _pyval, raw_attr as _attr
 
@@ -40,26 +41,11 @@ class _Skip(Exception):
 
 
 @relax.expr_functor.mutator
-class _Dispatcher(relax.PyExprMutator):
+class _Dispatcher(DataflowMutator):
     def __init__(self, mod, report: list):
         super().__init__(mod)
-        self.mod_ = mod
         self.report = report
         self.bound: dict[Any, Any] = {}
-        self.in_dataflow = False
-
-    def run(self):
-        for gv, func in self.mod_.functions.items():
-            if isinstance(func, relax.Function):
-                self.builder_.update_func(gv, self.visit_expr(func))
-        return self.builder_.get()
-
-    def visit_dataflow_block_(self, block):
-        self.in_dataflow = True
-        try:
-            return super().visit_dataflow_block_(block)
-        finally:
-            self.in_dataflow = False
 
     def visit_var_binding_(self, binding):
         var, value = binding.var, binding.value
@@ -78,12 +64,7 @@ class _Dispatcher(relax.PyExprMutator):
         if new is None:
             super().visit_var_binding_(binding)
             return
-        value = self.builder_.normalize(new)
-        if isinstance(var, relax.DataflowVar) or not self.in_dataflow:
-            nv = self.builder_.emit(value, name_hint=var.name)
-        else:
-            nv = self.builder_.emit_output(value, name_hint=var.name)
-        self.set_var_remap(var, nv)
+        self.bind_under(var, new)
 
     # ------------------------------------------------------------------ helpers
     def _const(self, expr):
