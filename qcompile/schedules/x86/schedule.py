@@ -199,10 +199,7 @@ def _prologue(sch: Schedule, main, threads: int, at_root: bool = True) -> list:
 def _place_epilogue(sch: Schedule, epilogue, loop) -> None:
     for blk in epilogue:
         sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
-        inner = sch.get_loops(blk)[-1]
-        ext = _ext(sch, inner)
-        if 1 < ext <= 64:
-            sch.vectorize(inner)
+        _vectorize_innermost(sch, blk)
 
 
 def _tile(sch: Schedule, loop, n: int, tune: bool, decision: list[int] | None,
@@ -215,9 +212,9 @@ def _tile(sch: Schedule, loop, n: int, tune: bool, decision: list[int] | None,
     return sch.split(loop, factors, preserve_unit_iters=True)
 
 
-def _vectorize_init(sch: Schedule, init) -> None:
-    loops = sch.get_loops(init)
-    inner = loops[-1]
+def _vectorize_innermost(sch: Schedule, blk) -> None:
+    """Vectorize `blk`'s innermost loop when it is 2..64 long (an init, epilogue or stage)."""
+    inner = sch.get_loops(blk)[-1]
     if 1 < _ext(sch, inner) <= 64:
         sch.vectorize(inner)
 
@@ -274,7 +271,7 @@ def _schedule_conv(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool,
     sch.parallel(par)
     _place_epilogue(sch, epilogue, x_o)
     init = sch.decompose_reduction(main, icc_o)
-    _vectorize_init(sch, init)
+    _vectorize_innermost(sch, init)
     sch.tensorize(ob, info.name)
     for lp in (y_i, oc_i, x_i):
         sch.unroll(lp)
@@ -294,7 +291,7 @@ def _schedule_max_pool(sch: Schedule, main, epilogue) -> None:
     sch.unroll(x_i)
     sch.unroll(kw)
     init = sch.decompose_reduction(main, kh)
-    _vectorize_init(sch, init)
+    _vectorize_innermost(sch, init)
 
 
 def _buffer_bytes(buf) -> int:
@@ -351,14 +348,12 @@ def _schedule_depthwise(sch: Schedule, main, info, tune: bool, epilogue, threads
     sch.parallel(par)
     for blk in producers:
         sch.compute_at(blk, par, preserve_unit_loops=True)
-        inner = sch.get_loops(blk)[-1]
-        if 1 < _ext(sch, inner) <= 64:
-            sch.vectorize(inner)
+        _vectorize_innermost(sch, blk)
     _place_epilogue(sch, epilogue, x_o)
     sch.unroll(x_i)
     sch.unroll(kw)
     init = sch.decompose_reduction(main, kh)
-    _vectorize_init(sch, init)
+    _vectorize_innermost(sch, init)
     sch.tensorize(sch.get_loops(main)[-1], info.name)
 
 
@@ -392,7 +387,7 @@ def _schedule_matmul(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool
     sch.parallel(par)
     _place_epilogue(sch, epilogue, par)
     init = sch.decompose_reduction(main, kq_o)
-    _vectorize_init(sch, init)
+    _vectorize_innermost(sch, init)
     sch.tensorize(lane_loop, info.name)
     sch.unroll(i_i)
     sch.unroll(jb_i)
