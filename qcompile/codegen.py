@@ -14,6 +14,7 @@ from typing import Any
 def _pre_fusion_passes(fast_math: bool = False, cpu: bool = True):
     from tvm import relax
 
+    from .relay_passes.fuse_softmax_matmul import FuseSoftmaxMatmulPass
     from .schedules import vector_math
 
     # (OpenCL has vector exp/erf built in: the overrides are for LLVM CPU targets only)
@@ -25,6 +26,8 @@ def _pre_fusion_passes(fast_math: bool = False, cpu: bool = True):
         # lane-split reductions the generic schedule vectorizes along the reduced axis.
         *([relax.transform.FastMathTransform()] if fast_math else []),
         relax.transform.DecomposeOpsForInference(),
+        # attention's softmax(x) @ v as one kernel (relay_passes/fuse_softmax_matmul.py)
+        *([FuseSoftmaxMatmulPass()] if cpu else []),
         relax.transform.LegalizeOps(
             customize_legalize_map=vector_math.legalize_map(fast_math) if cpu else None),
         relax.transform.AnnotateTIROpPattern(),

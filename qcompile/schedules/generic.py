@@ -122,8 +122,16 @@ def schedule_func(func, lanes: int, name: str = "", fallbacks=None):
     from tvm import s_tir
 
     from ..fallbacks import tvm_errors
+    from . import softmax_matmul
 
     errors = tvm_errors()
+    if softmax_matmul.has_block(func):
+        try:
+            return softmax_matmul.schedule(func, lanes)
+        except errors as err:
+            if fallbacks is not None:
+                fallbacks.add(name or "softmax_matmul", "softmax_matmul schedule",
+                              "generic schedule", err)
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     for block_name in _blocks(sch):
         block = sch.get_sblock(block_name)
