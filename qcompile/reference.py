@@ -160,13 +160,14 @@ def _pad_nchw(x, pad, value):
 
 
 def conv2d(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1,
-           out_dtype=None) -> np.ndarray:
-    """NCHW x OIHW convolution; exact for integer inputs (zero padding)."""
+           out_dtype=None, pad_value=0) -> np.ndarray:
+    """NCHW x OIHW convolution; exact for integer inputs. `pad_value`: what the padding
+    holds (an int8 conv pads its u8 input with the zero point)."""
     x, w = np.asarray(x), np.asarray(w)
     if len(padding) == 2:
         padding = (padding[0], padding[1], padding[0], padding[1])
     integer = _is_int(x) and _is_int(w)
-    xp = _pad_nchw(x, padding, 0)
+    xp = _pad_nchw(x, padding, pad_value)
     o, ig, kh, kw = w.shape
     win = _windows(xp, kh, kw, strides, dilation)          # N C OH OW KH KW
     n, c, oh, ow = win.shape[:4]

@@ -199,6 +199,22 @@ def detect_host() -> TargetSpec:
     return max(runnable, key=lambda t: t.host_priority)
 
 
+def spec_of(target) -> TargetSpec | None:
+    """The target file a `tvm.target.Target` was made from (`TargetSpec.tvm_target`): the
+    spec whose LLVM `mcpu` and `mattr` it carries exactly, or None (a hand-made target)."""
+    host = target.host if getattr(target, "host", None) is not None else target
+    try:
+        mcpu = str(host.attrs.get("mcpu", ""))
+        mattr = tuple(str(a) for a in host.attrs.get("mattr", []))
+    except (AttributeError, TypeError):  # a target without attrs
+        return None
+    family = "opencl" if target.kind.name == "opencl" else "x86"
+    for spec in all_targets().values():
+        if spec.family == family and spec.mcpu == mcpu and tuple(spec.mattr) == mattr:
+            return spec
+    return None
+
+
 def resolve(name: str, cross: bool = False) -> TargetSpec:
     """Turn a `--target` value into a spec; refuse what this CPU cannot run unless `cross`."""
     if name == "host":

@@ -40,6 +40,7 @@ SHAPES = {
     "conv7x7 stem 3->64 @224 s2": ("conv", dict(ic=3, oc=64, hw=224, k=7, s=2, p=3)),
     "conv3x3 128->128 @56 s2": ("conv", dict(ic=128, oc=128, hw=56, k=3, s=2, p=1)),
     "conv1x1 64->256 @56": ("conv", dict(ic=64, oc=256, hw=56, k=1, s=1, p=0)),
+    "conv1x1 256->512 @56 s2 (down)": ("conv", dict(ic=256, oc=512, hw=56, k=1, s=2, p=0)),
     "conv3x3 256->256 @14": ("conv", dict(ic=256, oc=256, hw=14, k=3, s=1, p=1)),
     "conv3x3 512->512 @7": ("conv", dict(ic=512, oc=512, hw=7, k=3, s=1, p=1)),
     "conv1x1 96->24 @56 (mbv2)": ("conv", dict(ic=96, oc=24, hw=56, k=1, s=1, p=0)),

@@ -105,3 +105,14 @@ def require_opencl():
 @pytest.fixture
 def opencl_device():
     return require_opencl()
+
+
+# ------------------------------------------------------------------ integer references
+def conv_ref(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), pad_value=0,
+             groups=1):
+    """The int32 accumulator of an int8 conv (`qcompile.reference.conv2d`, exact), padded
+    with `pad_value` (the input's zero point): the kernel tests' reference."""
+    from qcompile import reference
+
+    return reference.conv2d(x, w, strides, padding, dilation, groups, out_dtype=np.int32,
+                            pad_value=pad_value)

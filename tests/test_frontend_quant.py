@@ -27,15 +27,18 @@ def test_fake_quantize_imports_in_both_domains(domain):
     assert v.op.name == "qcompile.fake_quantize" and int(v.attrs["levels"]) == 256
 
 
-@pytest.mark.parametrize("lo, hi, match", [
-    (0.5, 0.5, r"FakeQuantize 'my_fq': input_low == input_high"),
-    (np.array([0.0, 1.0], np.float32), np.array([1.0, 1.0], np.float32),
+@pytest.mark.parametrize("lo, hi, levels, match", [
+    (0.5, 0.5, 256, r"FakeQuantize 'my_fq': input_low == input_high"),
+    (np.array([0.0, 1.0], np.float32), np.array([1.0, 1.0], np.float32), 256,
      r"'my_fq': input_low == input_high .* at 1 of 2"),
-    (np.nan, 1.0, r"FakeQuantize 'my_fq': input_low contains NaN"),
+    (np.nan, 1.0, 256, r"FakeQuantize 'my_fq': input_low contains NaN"),
+    (-1.0, np.inf, 256, r"FakeQuantize 'my_fq': input_high is infinite"),
+    (-1.0, 1.0, 1, r"'my_fq': attribute 'levels' must be in 2..65536 \(got 1\)"),
+    (-1.0, 1.0, 65537, r"'my_fq': attribute 'levels' must be in 2..65536 \(got 65537\)"),
 ])
-def test_invalid_fake_quantize_ranges_name_the_node(lo, hi, match):
+def test_invalid_fake_quantize_ranges_name_the_node(lo, hi, levels, match):
     b = OnnxBuilder()
-    b.fq("x", lo, hi, 256, name="my_fq")
+    b.fq("x", lo, hi, levels, name="my_fq")
     m = b.model([("x", [1, 2])], [("my_fq", [1, 2])])
     with pytest.raises(QuantizationError, match=match):
         import_onnx(m)

@@ -24,7 +24,7 @@ from tvm import relax  # noqa: E402
 
 from qcompile import targets  # noqa: E402
 from qcompile.artifact import read_meta  # noqa: E402
-from conftest import require_opencl  # noqa: E402
+from conftest import conv_ref, require_opencl  # noqa: E402
 
 
 # the dot() shim below makes PoCL warn about an unknown extension pragma
@@ -66,31 +66,6 @@ def run_paths(mod, feed, tmp_path, paths=PATHS, expect_template=True):
 
 
 # ------------------------------------------------------------------ numpy reference
-def conv_ref(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), pad_value=0,
-             groups=1):
-    n, c, h, wd = x.shape
-    oc, icg, kh, kw = w.shape
-    t, l, b, r = padding
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (t, b), (l, r)),
-                constant_values=pad_value)
-    sh, sw = strides
-    dh, dw = dilation
-    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
-    ow = (wd + l + r - (kw - 1) * dw - 1) // sw + 1
-    out = np.zeros((n, oc, oh, ow), np.int64)
-    ocg = oc // groups
-    for g in range(groups):
-        xs = xp[:, g * icg:(g + 1) * icg]
-        ws = w[g * ocg:(g + 1) * ocg].astype(np.int64)
-        for i in range(kh):
-            for j in range(kw):
-                win = xs[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh,
-                         j * dw:j * dw + (ow - 1) * sw + 1:sw]
-                out[:, g * ocg:(g + 1) * ocg] += np.einsum("nchw,oc->nohw", win, ws[:, :, i, j])
-    assert np.abs(out).max() < 2 ** 31
-    return out.astype(np.int32)
-
-
 def requantize_ref(acc, mult, zp, lo, hi, dtype="uint8"):
     """integer-ir.md: clip(round_half_even(f32(acc) * mult) + zp, lo, hi)."""
     r = np.round(acc.astype(np.float32) * mult.astype(np.float32)) + np.float32(zp)

@@ -57,28 +57,7 @@ def skip_unless_runnable(spec):
 
 
 # ------------------------------------------------------------------ numpy reference
-def conv_ref(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), pad_value=0,
-             groups=1):
-    n, c, h, wd = x.shape
-    oc, icg, kh, kw = w.shape
-    t, l, b, r = padding
-    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (t, b), (l, r)),
-                constant_values=pad_value)
-    sh, sw = strides
-    dh, dw = dilation
-    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
-    ow = (wd + l + r - (kw - 1) * dw - 1) // sw + 1
-    out = np.zeros((n, oc, oh, ow), np.int64)
-    ocg = oc // groups
-    for g in range(groups):
-        xs = xp[:, g * icg:(g + 1) * icg]
-        ws = w[g * ocg:(g + 1) * ocg].astype(np.int64)
-        for i in range(kh):
-            for j in range(kw):
-                win = xs[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh,
-                         j * dw:j * dw + (ow - 1) * sw + 1:sw]
-                out[:, g * ocg:(g + 1) * ocg] += np.einsum("nchw,oc->nohw", win, ws[:, :, i, j])
-    return out.astype(np.int32)
+from conftest import conv_ref  # noqa: E402  (qcompile.reference.conv2d, zero-point padded)
 
 
 def requant_ref(acc, mult, zp, lo, hi, dtype, axis_shape):

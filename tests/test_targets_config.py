@@ -89,3 +89,27 @@ def test_malformed_target_file_is_a_target_error(tmp_path, monkeypatch, edit, me
     finally:
         monkeypatch.delenv("QCOMPILE_TARGETS_DIR")
         targets.all_targets.cache_clear()
+
+
+def test_capabilities_come_from_the_target_files():
+    """The generic scheduler's vector width is the target file's `cpu.vector_bits` (found by
+    the exact LLVM mcpu/mattr the file gives), and each int8 dot-product kind's variants come
+    from the intrinsic table, not from the kind's or the mattr's spelling."""
+    import tvm
+
+    from qcompile import targets
+    from qcompile.schedules import generic
+    from qcompile.schedules.x86 import intrinsics
+
+    for name, spec in targets.all_targets().items():
+        assert targets.spec_of(spec.tvm_target(2)).name == name
+        if spec.family == "x86":
+            assert generic.vector_bits(spec.tvm_target(2)) == spec.vector_bits
+            kind = intrinsics.dot_kind(spec.int8.dot_product)
+            assert kind.lanes == spec.int8.lanes
+            assert intrinsics.select(spec.int8).variant in kind.variants
+    hand_made = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512",
+                                   "mattr": ["+avx512f"]})
+    assert targets.spec_of(hand_made) is None and generic.vector_bits(hand_made) == 128
+    with pytest.raises(ValueError, match="no x86 int8 intrinsic"):
+        intrinsics.dot_kind("vpdpbusd.1024")

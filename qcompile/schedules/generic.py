@@ -171,15 +171,12 @@ def schedule_func(func, lanes: int, name: str = "", fallbacks=None):
 
 
 def vector_bits(target) -> int:
-    try:
-        mattr = [str(a) for a in target.attrs.get("mattr", [])]
-    except (AttributeError, TypeError):  # a target without attrs / mattr
-        mattr = []
-    if any("avx512f" in a for a in mattr):
-        return 512
-    if any("avx2" in a for a in mattr):
-        return 256
-    return 128
+    """The vector width of the target file `target` was made from (`TargetSpec.vector_bits`);
+    128 (SSE) for a target that is not one of qcompile's."""
+    from ..targets import spec_of
+
+    spec = spec_of(target)
+    return spec.vector_bits if spec is not None else 128
 
 
 def apply(mod, target, extra=None, fallbacks=None):

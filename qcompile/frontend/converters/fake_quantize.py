@@ -2,7 +2,8 @@
 op name) -> `qcompile.fake_quantize(x, il, ih, ol, oh, levels)`.
 
 Constant ranges are validated here, where the node name is known: `input_low == input_high`
-anywhere, or a NaN in any range, raises `QuantizationError` naming the node (DESIGN §3).
+anywhere, a NaN or an infinity in any range, or `levels` outside 2..65536 raises
+`QuantizationError` naming the node (docs/architecture.md, numerics contract).
 """
 from __future__ import annotations
 
@@ -14,14 +15,20 @@ from ._util import const_value, node_name
 
 
 def check_ranges(name: str, il, ih, ol, oh, levels) -> None:
-    if levels is None or int(levels) < 2:
-        raise QuantizationError(f"FakeQuantize {name!r}: attribute 'levels' must be >= 2 "
-                                f"(got {levels}); fix the quantizer that wrote the model")
+    if levels is None or not 2 <= int(levels) <= 65536:
+        raise QuantizationError(f"FakeQuantize {name!r}: attribute 'levels' must be in "
+                                f"2..65536 (got {levels}); fix the quantizer that wrote the model")
     vals = {"input_low": il, "input_high": ih, "output_low": ol, "output_high": oh}
     for key, v in vals.items():
-        if v is not None and np.isnan(np.asarray(v, np.float64)).any():
+        if v is None:
+            continue
+        arr = np.asarray(v, np.float64)
+        if np.isnan(arr).any():
             raise QuantizationError(f"FakeQuantize {name!r}: {key} contains NaN; the quantizer "
                                     "saw no valid statistics for this tensor")
+        if np.isinf(arr).any():
+            raise QuantizationError(f"FakeQuantize {name!r}: {key} is infinite; the quantizer "
+                                    "saw Inf in its statistics (clean the calibration data)")
     if il is not None and ih is not None:
         a, b = np.broadcast_arrays(np.asarray(il, np.float64), np.asarray(ih, np.float64))
         eq = a == b

@@ -245,8 +245,31 @@ def _impl(lanes: int, variant: str):
     return impl
 
 
-_KIND_LANES = {"vpdpbusd.512": 16, "vpdpbusd.256": 8, "pmaddubsw.512": 16,
-               "pmaddubsw.256": 8, "pmaddubsw.128": 4}
+@dataclasses.dataclass(frozen=True)
+class DotKind:
+    """What a target file's `[int8] dot_product` names: the instruction's s32 lanes, and
+    whether it multiplies u8 by s8 into s32 in one step (VNNI `vpdpbusd`: exact, one
+    variant) or through a saturating s16 pair sum (`vpmaddubsw`: the exact widened variants
+    and the saturating `fast` one)."""
+
+    lanes: int
+    one_step: bool
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return ("vnni",) if self.one_step else ("widen", "widen16", "fast")
+
+
+DOT_KINDS = {"vpdpbusd.512": DotKind(16, True), "vpdpbusd.256": DotKind(8, True),
+             "pmaddubsw.512": DotKind(16, False), "pmaddubsw.256": DotKind(8, False),
+             "pmaddubsw.128": DotKind(4, False)}
+
+
+def dot_kind(kind: str) -> DotKind:
+    if kind not in DOT_KINDS:
+        raise ValueError(f"no x86 int8 intrinsic for dot_product {kind!r} "
+                         f"(known: {', '.join(sorted(DOT_KINDS))})")
+    return DOT_KINDS[kind]
 
 
 def intrin_name(kind: str, variant: str) -> str:
@@ -258,12 +281,9 @@ def get(kind: str, variant: str) -> DotIntrin:
     """The intrinsic for a `dot_product` kind and variant, registered on first use."""
     from tvm.s_tir import TensorIntrin
 
-    if kind not in _KIND_LANES:
-        raise ValueError(f"no x86 int8 intrinsic for dot_product {kind!r} "
-                         f"(known: {', '.join(sorted(_KIND_LANES))})")
-    lanes = _KIND_LANES[kind]
-    is_vnni = kind.startswith("vpdpbusd")
-    if is_vnni != (variant == "vnni"):
+    dk = dot_kind(kind)
+    lanes = dk.lanes
+    if variant not in dk.variants:
         raise ValueError(f"dot_product {kind!r} has no {variant!r} variant")
     info = DotIntrin(name=intrin_name(kind, variant), kind=kind, variant=variant, lanes=lanes,
                      weight_dtype="int16" if variant.startswith("widen") else "int8",
@@ -348,11 +368,8 @@ def depthwise(kind: str) -> DepthwiseIntrin:
     first use): `vpdpbusd` where the kind is VNNI, `vpmaddwd` otherwise."""
     from tvm.s_tir import TensorIntrin
 
-    if kind not in _KIND_LANES:
-        raise ValueError(f"no x86 int8 intrinsic for dot_product {kind!r} "
-                         f"(known: {', '.join(sorted(_KIND_LANES))})")
-    lanes = _KIND_LANES[kind]
-    vnni = kind.startswith("vpdpbusd")
+    dk = dot_kind(kind)
+    lanes, vnni = dk.lanes, dk.one_step
     info = DepthwiseIntrin(name=f"qcompile.x86.dw.{kind}", kind=kind,
                            variant="vnni" if vnni else "pmaddwd", lanes=lanes)
     desc, impl = _dw_funcs(lanes, vnni)
@@ -363,8 +380,8 @@ def depthwise(kind: str) -> DepthwiseIntrin:
 def register_all() -> list:
     """Register every intrinsic (call before opening a tuning database that names them)."""
     out = []
-    for kind in _KIND_LANES:
-        for variant in (("vnni",) if kind.startswith("vpdpbusd") else ("widen", "widen16", "fast")):
+    for kind, dk in DOT_KINDS.items():
+        for variant in dk.variants:
             out.append(get(kind, variant))
         out.append(depthwise(kind))
     return out
@@ -389,7 +406,7 @@ def select(int8_cap, weights_safe: bool = False, s16_activations: bool = True,
     activations pre-widened to s16 by the kernel's input copy) when `s16_activations`, else
     `widen` (widens the u8 bytes in registers); `exact_variant` forces one of the two."""
     kind = int8_cap.dot_product
-    if kind.startswith("vpdpbusd"):
+    if dot_kind(kind).one_step:
         variant = "vnni"
     elif int8_cap.saturation == "widen":
         if weights_safe:
@@ -413,11 +430,10 @@ def select(int8_cap, weights_safe: bool = False, s16_activations: bool = True,
 def by_name(name: str):
     """The `DotIntrin` (or `DepthwiseIntrin`) registered under `name` (registering it if
     needed)."""
-    for kind in _KIND_LANES:
+    for kind, dk in DOT_KINDS.items():
         if name == f"qcompile.x86.dw.{kind}":
             return depthwise(kind)
-        variants = ("vnni",) if kind.startswith("vpdpbusd") else ("widen", "widen16", "fast")
-        for variant in variants:
+        for variant in dk.variants:
             if intrin_name(kind, variant) == name:
                 return get(kind, variant)
     raise ValueError(f"unknown qcompile x86 intrinsic {name!r}")
