@@ -7,6 +7,8 @@ outputs of an ONNX Runtime session; constants and graph inputs are measured dire
 """
 from __future__ import annotations
 
+import concurrent.futures
+
 import dataclasses
 
 import numpy as np
@@ -47,14 +49,26 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     feeds_of = [t for t in acts if t in g.graph_inputs]
     bins = s.histogram_bins if s.activation_estimator in NEEDS_HISTOGRAM else None
     desc = "statistics" + (f" ({s.activation_estimator} histograms)" if bins else "")
-    with Progress(len(samples), desc, s.progress) as bar:
+    def add(out):
+        for t in computed + feeds_of:
+            stats[t].update(out[t], bins)
+
+    # the statistics of batch i are taken in a worker thread while ONNX Runtime runs batch
+    # i + 1 (both release the GIL); one worker, batches in order: the same statistics as a
+    # serial loop, at most two batches of activations alive
+    with Progress(len(samples), desc, s.progress) as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = None
         for feed, n in batches(samples, s.batch_size):
             out = runner.run(feed, computed) if computed else {}
             for t in feeds_of:
                 out[t] = feed[t]
-            for t in computed + feeds_of:
-                stats[t].update(out[t], bins)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(add, out)
             bar.update(n)
+        if pending is not None:
+            pending.result()
     return stats
 
 
