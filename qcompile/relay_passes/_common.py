@@ -160,6 +160,32 @@ def int_range(dtype: str) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
+# --------------------------------------------------------------------------- constants
+def fold_const(expr, bound: dict, depth: int = 16) -> np.ndarray | None:
+    """The value of `expr` when it is a constant, or a var bound (in `bound`: var -> value,
+    followed up to `depth` times) to one, through `permute_dims` / `reshape` / `astype` of a
+    constant (how importers leave weights); else None. Shared by the int8 dispatchers."""
+    seen = 0
+    while isinstance(expr, relax.Var) and expr in bound and seen < depth:
+        expr, seen = bound[expr], seen + 1
+    if isinstance(expr, tvm.ir.expr.GenericConst):
+        return expr.value.numpy()
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        name = expr.op.name
+        if name in ("relax.permute_dims", "relax.reshape", "relax.astype"):
+            inner = fold_const(expr.args[0], bound, depth)
+            if inner is None:
+                return None
+            if name == "relax.permute_dims":
+                axes = raw_attr(expr, "axes")
+                return np.transpose(inner, None if axes is None else [int(a) for a in axes])
+            if name == "relax.astype":
+                return inner.astype(str(raw_attr(expr, "dtype")))
+            shape = loose_shape(expr)
+            return None if shape is None else inner.reshape(shape)
+    return None
+
+
 # --------------------------------------------------------------------------- rewriter
 class DataflowMutator(relax.PyExprMutator):
     """The skeleton every qcompile Relax mutator shares: `run()` visits each Relax function

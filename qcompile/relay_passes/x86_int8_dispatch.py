@@ -45,7 +45,7 @@ from qcompile import ops as qops
 from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops
 from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
 from ._common import loose_dtype as _dtype, loose_shape as _shape
-from ._common import DataflowMutator
+from ._common import DataflowMutator, fold_const
 from ._common import pyval as _pyval, raw_attr as _attr
 
 __all__ = ["dispatch", "X86Int8Dispatch", "fuse", "lower", "apply_default_schedules"]
@@ -170,26 +170,7 @@ class _Dispatcher(DataflowMutator):
 
     # ---------------------------------------------------------------------- constants
     def _const(self, expr) -> np.ndarray | None:
-        seen = 0
-        while isinstance(expr, relax.Var) and expr in self.bound and seen < 16:
-            expr, seen = self.bound[expr], seen + 1
-        if isinstance(expr, tvm.ir.expr.GenericConst):
-            return expr.value.numpy()
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-            name = expr.op.name
-            if name in ("relax.permute_dims", "relax.reshape", "relax.astype"):
-                inner = self._const(expr.args[0])
-                if inner is None:
-                    return None
-                if name == "relax.permute_dims":
-                    axes = _attr(expr, "axes")
-                    axes = None if axes is None else [int(a) for a in axes]
-                    return np.transpose(inner, axes)
-                if name == "relax.astype":
-                    return inner.astype(str(_attr(expr, "dtype")))
-                shape = _shape(expr)
-                return None if shape is None else inner.reshape(shape)
-        return None
+        return fold_const(expr, self.bound)
 
     # ------------------------------------------------------------------ region entry
     def _blocked_input(self, expr, cb: int, pad_value: int = 0):

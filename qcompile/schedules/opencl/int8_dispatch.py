@@ -31,7 +31,7 @@ import tvm
 from tvm import relax
 
 from . import compute
-from ...relay_passes._common import DataflowMutator
+from ...relay_passes._common import DataflowMutator, fold_const
 from ...relay_passes._common import loose_dtype as _dtype, loose_shape as _shape
 from ...relay_passes._common import pyval as _pyval, raw_attr as _attr
 
@@ -67,26 +67,8 @@ class _Dispatcher(DataflowMutator):
         self.bind_under(var, new)
 
     # ------------------------------------------------------------------ helpers
-    def _const(self, expr):
-        seen = 0
-        while isinstance(expr, relax.Var) and expr in self.bound and seen < 16:
-            expr, seen = self.bound[expr], seen + 1
-        if isinstance(expr, tvm.ir.expr.GenericConst):
-            return expr.value.numpy()
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-            name = expr.op.name
-            if name in ("relax.permute_dims", "relax.reshape", "relax.astype"):
-                inner = self._const(expr.args[0])
-                if inner is None:
-                    return None
-                if name == "relax.permute_dims":
-                    axes = _attr(expr, "axes")
-                    return np.transpose(inner, None if axes is None else [int(a) for a in axes])
-                if name == "relax.astype":
-                    return inner.astype(str(_attr(expr, "dtype")))
-                shape = _shape(expr)
-                return None if shape is None else inner.reshape(shape)
-        return None
+    def _const(self, expr) -> np.ndarray | None:
+        return fold_const(expr, self.bound)
 
     def _emit(self, expr, hint):
         return self.builder_.emit(expr, name_hint=hint)
