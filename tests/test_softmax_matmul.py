@@ -115,7 +115,8 @@ def _kernels(x_shape, v_shape, lanes, out_swapped=False):
 @pytest.mark.parametrize("x_shape,v_shape,out_swapped", [
     ((1, 12, 128, 128), (1, 12, 128, 64), False),
     ((1, 12, 128, 128), (1, 12, 128, 64), True),
-    ((3, 20, 32), (3, 32, 48), False)])
+    ((3, 20, 32), (3, 32, 48), False),
+    ((1, 2, 32, 64), (1, 2, 64, 24), False)])  # 24 columns: half-width vectors on AVX-512
 def test_kernel_is_bit_identical_to_the_separate_kernels(x_shape, v_shape, out_swapped):
     import tvm
 

@@ -8,7 +8,6 @@ outputs of an ONNX Runtime session; constants and graph inputs are measured dire
 from __future__ import annotations
 
 import concurrent.futures
-
 import dataclasses
 
 import numpy as np
@@ -49,6 +48,7 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     feeds_of = [t for t in acts if t in g.graph_inputs]
     bins = s.histogram_bins if s.activation_estimator in NEEDS_HISTOGRAM else None
     desc = "statistics" + (f" ({s.activation_estimator} histograms)" if bins else "")
+
     def add(out):
         for t in computed + feeds_of:
             stats[t].update(out[t], bins)

@@ -12,9 +12,8 @@ results are bit-identical (tests/test_softmax_matmul.py). When the matmul's only
 writes that layout, bound under `w`'s name (BERT block: the next quantize 37 -> 25 us, the
 kernel unchanged). The values' transpose (heads split off) is not absorbed: reading `v` in
 place, 3 KiB apart per row, made the kernel ~40% slower than the 27 us copy it saves. The
-softmax binding itself is left
-in place; when nothing else uses it, dead-code elimination removes it. Other bindings are
-untouched. `fused` lists (matmul var, softmax var) per rewrite; `refused` (var, reason) for
+softmax binding itself is left in place; when nothing else uses it, dead-code elimination
+removes it. Other bindings are untouched. `fused` lists (matmul var, softmax var) per rewrite; `refused` (var, reason) for
 each f32 matmul of a softmax that did not qualify, so the report can say why.
 """
 from __future__ import annotations
