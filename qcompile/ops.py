@@ -73,6 +73,34 @@ def _fence(v):
     return tirx.call_llvm_pure_intrin(_F32, "llvm.arithmetic.fence", v)
 
 
+def lrint_i32(v):
+    """f32 -> int32 rounded in the current rounding mode (round-half-even: TVM never changes
+    MXCSR), i.e. `int32(round_half_even(v))` for |v| < 2^31: LLVM's `llvm.lrint`, which its
+    x86 backend vectorizes to one `vcvtps2dq` (instead of `vrndscaleps`, two uops, plus
+    `vcvttps2dq`). Out of range the result is unspecified: callers clamp first. LLVM targets
+    only (the OpenCL code generator has no LLVM intrinsics)."""
+    return tirx.call_llvm_pure_intrin("int32", "llvm.lrint", v)
+
+
+def offset_clip_cast(v, zp, lo, hi, dtype: str, lrint: bool = False):
+    """`dtype(clip(round_half_even(v) + zp, lo, hi))` for f32 `v` and integer-valued f32
+    `zp`, `lo`, `hi` (the requantize / qadd output stage of docs/integer-ir.md).
+
+    With `lrint` it is computed as `dtype(lrint(clip(v, lo - zp, hi - zp)) + int32(zp))`:
+    equal, since rounding is monotonic and maps the integers `lo - zp`, `hi - zp` to
+    themselves (v below `lo - zp` rounds to at most `lo - zp`, and so on), every f32 value
+    involved is an integer below 2^24 (exact), and the clipped value is inside int32 (lrint
+    is defined). On x86 that is `vminps, vmaxps, vcvtps2dq, vpaddd` instead of `vrndscaleps`
+    (2 uops), `vaddps, vminps, vmaxps, vcvttps2dq`: two of the ~11 vector uops per output
+    vector of a requantize epilogue, of ~21 for a residual add (ResNet-50's 1x1 convs with
+    K = 64 spend as many uops in the epilogue as in their vpdpbusd)."""
+    if lrint:
+        c = tirx.max(tirx.min(v, hi - zp), lo - zp)
+        return (lrint_i32(c) + zp.astype("int32")).astype(dtype)
+    r = tirx.round(v) + zp
+    return tirx.max(tirx.min(r, hi), lo).astype(dtype)
+
+
 # ------------------------------------------------------------------------ fake_quantize
 def fake_quantize(x, il, ih, ol, oh, levels: int) -> relax.Call:
     return relax.Call(tvm.ir.Op.get(FAKE_QUANTIZE), [x, il, ih, ol, oh],
@@ -129,8 +157,10 @@ def param_consts(values, rank: int) -> list:
     return [relax.const(np.full((1,) * rank, v, np.float32)) for v in values]
 
 
-def _scalar(t):
+def scalar(t):
+    """The one element of a `param_consts` tensor."""
     return t[(0,) * len(t.shape)]
+
 
 
 QADD_PARAMS = ("a_zp", "a_mult", "b_zp", "b_mult", "out_zp", "clip_min", "clip_max")
@@ -154,8 +184,8 @@ def _legalize_requantize(bb, call):
                 m = mult[i[ax]]
             else:
                 m = mult[(0,) * len(mult.shape)] if len(mult.shape) else mult[()]
-            r = tirx.round(acc[i].astype(_F32) * m) + _scalar(zp)
-            r = tirx.max(tirx.min(r, _scalar(hi)), _scalar(lo))
+            r = tirx.round(acc[i].astype(_F32) * m) + scalar(zp)
+            r = tirx.max(tirx.min(r, scalar(hi)), scalar(lo))
             return r.astype(dtype)
 
         return te.compute(acc.shape, fn, name="requantize")
@@ -181,23 +211,22 @@ def _infer_qadd(call, ctx):
     return relax.TensorType(call.args[0].ty.shape, str(attr(call, "out_dtype")))
 
 
-def qadd_compute(a: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
+def qadd_compute(a: te.Tensor, b: te.Tensor, *params_and_dtype, lrint: bool = False) -> te.Tensor:
     """`clip(round_half_even(f32(a - a_zp) * a_mult + f32(b - b_zp) * b_mult) + out_zp)`,
     each f32 operation rounded separately (both products FMA-fenced), `b` broadcast to `a`.
     The parameters are the `param_consts` tensors of `QADD_PARAMS` (inputs, not immediates:
     tuning records then match every calibration), then the output dtype. Used by the
-    legalization below and, on NCHW[L]c data, by the x86 int8 regions."""
+    legalization below and, on NCHW[L]c data, by the x86 int8 regions (`lrint=True`: see
+    `offset_clip_cast`)."""
     *tensors, dtype = params_and_dtype
     rank = len(a.shape)
 
     def fn(*i):
-        p = [_scalar(t) for t in tensors]
+        p = [scalar(t) for t in tensors]
         # a - a_zp in f32: both integers below 2^24, exact as the int32 subtraction was
         xa = (a[i].astype(_F32) - p[0]) * p[1]
         xb = (_bcast_index(b, i, rank, a.shape).astype(_F32) - p[2]) * p[3]
-        r = tirx.round(_fence(xa) + _fence(xb)) + p[4]
-        r = tirx.max(tirx.min(r, p[6]), p[5])
-        return r.astype(dtype)
+        return offset_clip_cast(_fence(xa) + _fence(xb), p[4], p[5], p[6], dtype, lrint)
 
     return te.compute(a.shape, fn, name="qadd")
 
@@ -206,7 +235,8 @@ REQUANTIZED_QADD_PARAMS = ("a_lo", "a_hi", "a_mult", "b_zp", "b_mult", "out_zp",
                            "clip_max")
 
 
-def requantized_qadd_compute(r: te.Tensor, b: te.Tensor, *params_and_dtype) -> te.Tensor:
+def requantized_qadd_compute(r: te.Tensor, b: te.Tensor, *params_and_dtype,
+                             lrint: bool = False) -> te.Tensor:
     """`qadd(requantize(acc), b)` when the requantized value is used only by the add:
     `r = round_half_even(f32(acc) * mult)` (f32, not yet offset or clipped) and
     `xa = clip(r, clip_min - zp, clip_max - zp) * a_mult`, the rest as `qadd_compute`.
@@ -220,12 +250,10 @@ def requantized_qadd_compute(r: te.Tensor, b: te.Tensor, *params_and_dtype) -> t
     rank = len(r.shape)
 
     def fn(*i):
-        p = [_scalar(t) for t in tensors]
+        p = [scalar(t) for t in tensors]
         xa = tirx.max(tirx.min(r[i], p[1]), p[0]) * p[2]
         xb = (_bcast_index(b, i, rank, r.shape).astype(_F32) - p[3]) * p[4]
-        y = tirx.round(_fence(xa) + _fence(xb)) + p[5]
-        y = tirx.max(tirx.min(y, p[7]), p[6])
-        return y.astype(dtype)
+        return offset_clip_cast(_fence(xa) + _fence(xb), p[5], p[6], p[7], dtype, lrint)
 
     return te.compute(r.shape, fn, name="qadd")
 

@@ -160,6 +160,50 @@ def test_ties_round_to_even_in_requantize_and_qadd():
     np.testing.assert_array_equal(compile_run(mod, [a, ], TARGETS[0]), reference.run(mod, [a]))
 
 
+
+@pytest.mark.parametrize("zp,lo,hi,dtype", [(128, 0, 255, "uint8"), (3, 3, 255, "uint8"),
+                                            (0, -128, 127, "int8"), (-5, -100, 60, "int8")])
+def test_lrint_output_stage_matches_round_then_clip(zp, lo, hi, dtype):
+    """`ops.offset_clip_cast(..., lrint=True)` (clip, then `vcvtps2dq`, then the offset: the
+    x86 region epilogues) equals `clip(round_half_even(v) + zp, lo, hi)` bit for bit: ties,
+    values just inside and outside the clip bounds, and values beyond int32 (where `lrint`
+    alone would be undefined), vectorized, on every x86 target this CPU runs."""
+    import tvm
+    from tvm import te
+
+    from qcompile.tvm_compat import vectorize_nearbyint
+
+    vectorize_nearbyint()
+    ties = np.arange(-300, 300, dtype=np.float32) + np.float32(0.5)
+    edges = np.array([lo - zp, hi - zp], np.float32)
+    near = np.concatenate([np.nextafter(edges, np.float32(-1e9)), np.nextafter(edges, np.float32(1e9)),
+                           edges - np.float32(0.5), edges + np.float32(0.5)])
+    huge = np.array([3e9, -3e9, 1e30, -1e30, 2.0 ** 31, -2.0 ** 31, 0.0, -0.0], np.float32)
+    v = np.concatenate([ties, near, huge]).astype(np.float32)
+    v = np.resize(v, (-(-v.size // 64) * 64,)).astype(np.float32)
+    want = np.clip(np.round(v) + np.float32(zp), lo, hi).astype(dtype)
+    x = te.placeholder(v.shape, "float32", "x")
+    prm = [te.placeholder((1,), "float32", n) for n in ("zp", "lo", "hi")]
+    y = te.compute(v.shape, lambda i: qops.offset_clip_cast(
+        x[i], *(qops.scalar(t) for t in prm), dtype, lrint=True), name="y")
+    func = te.create_prim_func([x, *prm, y])
+    ran = 0
+    for name, spec in sorted(all_targets().items()):
+        if spec.family != "x86" or not spec.runnable_here():
+            continue
+        sch = tvm.s_tir.Schedule(func)
+        outer, inner = sch.split(sch.get_loops(sch.get_sblock("y"))[0], [None, 16])
+        sch.vectorize(inner)
+        lib = tvm.tirx.build(sch.mod["main"].with_attr("global_symbol", "main"),
+                             target=spec.tvm_target(1))
+        bufs = [tvm.runtime.tensor(a) for a in (v, np.float32([zp]), np.float32([lo]),
+                                                np.float32([hi]), np.zeros(v.shape, dtype))]
+        lib["main"](*bufs)
+        np.testing.assert_array_equal(bufs[-1].numpy(), want, err_msg=name)
+        assert "cvtps2dq" in lib.inspect_source("asm"), name
+        ran += 1
+    assert ran >= 1
+
 # ------------------------------------------------------------------------- FakeQuantize
 def _fq_cases():
     rng = np.random.default_rng(0)

@@ -409,12 +409,10 @@ class _Dispatcher(DataflowMutator):
         zp, lo_c, hi_c = qops.param_consts([out_zp, lo, hi], 5)
         x = self.builder_.emit(relax.op.astype(args[0], "float32"))
         x = self.builder_.emit(relax.op.multiply(x, relax.const(laid)))
-        x = self.builder_.emit(relax.op.round(x))
-        self._last_rounded = (x, out_zp, lo, hi)
-        x = self.builder_.emit(relax.op.add(x, zp))
-        x = self.builder_.emit(relax.op.maximum(x, lo_c))
-        x = self.builder_.emit(relax.op.minimum(x, hi_c))
-        return relax.op.astype(x, out_dtype)
+        # the rounded f32 value, for a qadd that takes it (dead code otherwise)
+        self._last_rounded = (self.builder_.emit(relax.op.round(x)), out_zp, lo, hi)
+        return self.builder_.call_te(region_ops.requantize_tail, x, zp, lo_c, hi_c, out_dtype,
+                                     primfunc_name_hint="requantize")
 
     def _qadd(self, call, args, ref):
         a, b = args

@@ -7,9 +7,14 @@
   requantize's offset and clip): the quantized add of docs/integer-ir.md, with
   `llvm.arithmetic.fence` around both products: TVM's LLVM backend enables FP contraction (`AllowFPOpFusion = Fast`), which
   would otherwise turn `x * a_mult + y * b_mult` into an FMA and differ from the reference
-  (each f32 operation rounded separately) by one LSB at rounding ties.
+  (each f32 operation rounded separately) by one LSB at rounding ties;
+* `requantize_tail`: the offset, clip and cast of a region requantize.
+
+The output stages round with `llvm.lrint` (`vcvtps2dq`) after clipping (`qops.offset_clip_cast`).
 """
 from __future__ import annotations
+
+import functools
 
 from tvm import te, tirx
 
@@ -37,9 +42,22 @@ def from_nchwc(x: te.Tensor, channels: int) -> te.Tensor:
         name="from_nchwc", attrs={LAYOUT_ATTR: 1})
 
 
+def requantize_tail(x: te.Tensor, zp: te.Tensor, lo: te.Tensor, hi: te.Tensor,
+                    dtype: str) -> te.Tensor:
+    """The output stage of a region requantize: `dtype(clip(round(x) + zp, lo, hi))` of the
+    f32 product `x = f32(acc) * mult`, computed with `vcvtps2dq` (`qops.offset_clip_cast`,
+    exact); `zp`, `lo`, `hi` are `param_consts` tensors."""
+    def fn(*i):
+        return qops.offset_clip_cast(x[i], qops.scalar(zp), qops.scalar(lo), qops.scalar(hi),
+                                     dtype, lrint=True)
+
+    return te.compute(x.shape, fn, name="requantize")
+
+
 # the quantized add: the same TE compute as `qcompile.qadd`'s legalization (one copy of the
-# formula and its FMA fences), applied to same-shaped NCHW[L]c values
-qadd = qops.qadd_compute
+# formula and its FMA fences), applied to same-shaped NCHW[L]c values, output stage on
+# `vcvtps2dq`
+qadd = functools.partial(qops.qadd_compute, lrint=True)
 # `qadd(requantize(acc), b)` with the requantized value used only by the add (exact, fewer
 # epilogue instructions: see `qops.requantized_qadd_compute`)
-requantized_qadd = qops.requantized_qadd_compute
+requantized_qadd = functools.partial(qops.requantized_qadd_compute, lrint=True)
