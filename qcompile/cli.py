@@ -9,6 +9,8 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS = {
+    "compile": ("qcompile.commands.compile", "fp32 ONNX -> PTQ -> int8 build, checked against "
+                "fp32 on held-back samples"),
     "build": ("qcompile.commands.build", "compile an ONNX model into DIR/model.so + model.json"),
     "tune": ("qcompile.commands.tune", "tune a model's kernels into a tuning database"),
     "run": ("qcompile.commands.run", "run a build on .npy inputs"),
