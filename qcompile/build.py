@@ -130,10 +130,14 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
                                   "target": spec.to_dict()}, time.time() - t0)
     from .tuning import pretuned
 
+    # the code runs on this CPU unless cross-built: take records measured on the closest one
+    host_cpu = None if (config.cross or config.rpc) else pretuned.cpu_id()
     database, pretuned_desc = pretuned.combine(database, spec, enabled=config.pretuned,
-                                               fused_mod=fused, target=target)
+                                               fused_mod=fused, target=target, cpu=host_cpu)
     if pretuned_desc.get("used"):
-        _log(f"qcompile: pre-tuned database {pretuned_desc['path']}: "
+        match = f", {pretuned_desc['cpu_match']}" if "cpu_match" in pretuned_desc else ""
+        _log(f"qcompile: pre-tuned database {pretuned_desc['path']} (measured on "
+             f"{pretuned_desc.get('cpu', '?')}{match}): "
              f"{pretuned_desc.get('tasks_from_pretuned', '?')}/{pretuned_desc.get('tasks', '?')} "
              "kernels from it (--no-pretuned: off)", quiet)
     executable = None

@@ -92,7 +92,10 @@ def shipped_coverage(target: str):
     from qcompile import targets
     from qcompile.tuning import database as dbm, pretuned
 
-    shipped, _ = pretuned.open_pretuned(targets.resolve(target, cross=True))
+    dest = export_dir(target)
+    spec = targets.resolve(target, cross=True)
+    shipped = pretuned.open_pretuned(spec, path=dest)[0] if (dest / "qcompile-tuning.json"
+                                                              ).is_file() else None
     if shipped is None:
         return None
 
@@ -104,6 +107,20 @@ def shipped_coverage(target: str):
     return skip
 
 
+CPU_VARIANT = False   # --cpu-variant: export to <target>@<cpu key>/ (this CPU's records only)
+
+
+def export_dir(target: str) -> Path:
+    from qcompile.tuning import pretuned
+
+    if CPU_VARIANT:
+        cid = pretuned.cpu_id()
+        if cid is None:
+            sys.exit("--cpu-variant: cannot read this CPU's vendor/family/model")
+        return pretuned.root() / f"{target}{pretuned.CPU_SEP}{pretuned.cpu_key(cid)}"
+    return pretuned.root() / target
+
+
 def export(args, names: list[str], runs: dict, tasks: list) -> Path:
     """Best record per kernel of the models -> qcompile/pretuned/<target>/ (merged, atomic)."""
     from tvm.s_tir import meta_schedule as ms
@@ -113,11 +130,11 @@ def export(args, names: list[str], runs: dict, tasks: list) -> Path:
 
     spec = targets.resolve(args.target, cross=True)
     work = dbm.open_database(args.work_db, spec, create=False, writable=False).db
-    dest = pretuned.root() / spec.name
+    dest = export_dir(spec.name)
     sources = [work]
     old_info = {}
-    if (dest / dbm.HEADER).is_file():
-        old, _ = pretuned.open_pretuned(spec)
+    if (dest / dbm.HEADER).is_file():   # merged only with records of the same directory
+        old, _ = pretuned.open_pretuned(spec, path=dest)
         if old is not None:
             sources.append(old)
             old_info = pretuned.info(dest)
@@ -173,7 +190,8 @@ def export(args, names: list[str], runs: dict, tasks: list) -> Path:
             # the target's required CPU flags as the measuring machine reported them (local
             # runs): proof the records were measured where the target's code runs
             **({} if args.rpc else {"cpu_flags": sorted(
-                set(spec.required_flags) - set(spec.missing_flags()))}),
+                set(spec.required_flags) - set(spec.missing_flags())),
+                "cpu_id": pretuned.cpu_id()}),
             "note": "fastest measured record per kernel; produced by scripts/tune_pretuned.py"
                     + (f"; {args.note}" if args.note else "")}
     from qcompile.util import versions
@@ -215,7 +233,7 @@ def check(args, names: list[str]) -> int:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.time()
             res = build(str(model_path(args.models, name)), BuildConfig(target=args.target,
-                                                                         cross=True), out,
+                                                                         cross=not CPU_VARIANT), out,
                         quiet=True)
             p = res.meta["pretuned"]
             print(f"{name}: {p.get('tasks_from_pretuned', 0)}/{p.get('tasks', '?')} kernels from "
@@ -247,9 +265,13 @@ def main(argv=None) -> int:
                    "work database holds for the models")
     p.add_argument("--check", action="store_true", help="only report coverage")
     p.add_argument("--note", default="", help="added to qcompile-pretuned.json")
+    p.add_argument("--cpu-variant", action="store_true", help="export to qcompile/pretuned/"
+                   "<target>@<vendor>-<family>-<model>/ (builds on a CPU of that model prefer "
+                   "it), merged only with what that directory holds")
     args = p.parse_args(argv)
-    global MODEL_SUFFIX
+    global MODEL_SUFFIX, CPU_VARIANT
     MODEL_SUFFIX = args.model_suffix
+    CPU_VARIANT = args.cpu_variant
     names = [n for n in args.only.split(",") if n]
     if args.make_models:
         make_models(args.models, names)

@@ -252,6 +252,39 @@ def test_pretuned_lookup_by_target_identity(db, mlp_setup, tmp_path, monkeypatch
     assert path is None and "tvm" in reason
 
 
+def test_pretuned_prefers_the_database_measured_on_the_closest_cpu(db, mlp_setup, tmp_path,
+                                                                   monkeypatch):
+    """<target>@<cpu>/ beats <target>/ for a host of that CPU; a cross build and an unknown
+    CPU take <target>/; the build records which one and how close."""
+    from qcompile.build import BuildConfig, build
+    from qcompile.tuning import pretuned
+
+    spec = mlp_setup["spec"]
+    root = tmp_path / "pretuned"
+    intel = {"vendor": "GenuineIntel", "family": 6, "model": 106, "name": "Xeon"}
+    zen4 = {"vendor": "AuthenticAMD", "family": 25, "model": 17, "name": "EPYC"}
+    zen3 = dict(zen4, model=1)
+    for cid, name in ((intel, spec.name), (zen4, spec.name + "@" + pretuned.cpu_key(zen4))):
+        shutil.copytree(db, root / name)
+        (root / name / pretuned.INFO).write_text(json.dumps({"cpu": cid["name"], "cpu_id": cid}))
+    monkeypatch.setenv("QCOMPILE_PRETUNED_DIR", str(root))
+    assert pretuned.cpu_key(zen4) == "amd-25-17"
+    assert pretuned.lookup(spec, zen4)[0].name == spec.name + "@amd-25-17"
+    assert pretuned.lookup(spec, zen3)[0].name == spec.name + "@amd-25-17"   # same family
+    assert pretuned.lookup(spec, intel)[0].name == spec.name
+    assert pretuned.lookup(spec, None)[0].name == spec.name
+    assert pretuned.open_pretuned(spec, zen3)[1]["cpu_match"] == "same CPU family"
+    monkeypatch.setattr(pretuned, "cpu_id", lambda: zen4)
+    b = build(str(mlp_setup["onnx"]), BuildConfig(), tmp_path / "b", quiet=True)
+    p = b.meta["pretuned"]
+    assert p["path"].endswith("@amd-25-17") and p["cpu_match"] == "same CPU model"
+    # a directory whose header does not match is skipped, not chosen for its CPU
+    header = json.loads((root / (spec.name + "@amd-25-17") / dbm.HEADER).read_text())
+    header["tvm"] = "0.19.0"
+    (root / (spec.name + "@amd-25-17") / dbm.HEADER).write_text(json.dumps(header))
+    assert pretuned.lookup(spec, zen4)[0].name == spec.name
+
+
 def test_build_uses_pretuned_unless_disabled(db, mlp_setup, tmp_path, monkeypatch):
     from qcompile.build import BuildConfig, build
 

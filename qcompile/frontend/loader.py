@@ -33,7 +33,37 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise ModelError(f"{path!r} fails ONNX validation: {first}") from err
+    except UnicodeDecodeError as err:   # a name/attribute string that is not UTF-8
+        raise ModelError(f"{path!r} holds a string that is not valid UTF-8 ({err.reason} at "
+                         f"byte {err.start} of {err.object[:40]!r}): the file is corrupt; "
+                         "re-export it or check that it was copied in binary mode") from err
+    check_tensors(proto, repr(path))
     return proto, path
+
+
+def check_tensors(proto: onnx.ModelProto, where: str) -> None:
+    """What the checker lets through: initializers whose element type is unknown or whose
+    data does not fill their shape, graph inputs/outputs of an unknown element type."""
+    from onnx import numpy_helper
+
+    for t in proto.graph.initializer:
+        try:
+            numpy_helper.to_array(t)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ModelError(f"{where}: initializer {t.name!r} cannot be read (element type "
+                             f"{t.data_type}, dims {list(t.dims)}: {err}); the file is corrupt "
+                             "or was written by a broken exporter; re-export it") from err
+    for kind, vis in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for vi in vis:
+            if not vi.type.HasField("tensor_type"):
+                continue
+            et = vi.type.tensor_type.elem_type
+            try:
+                if et:
+                    onnx.helper.tensor_dtype_to_np_dtype(et)
+            except (KeyError, ValueError) as err:
+                raise ModelError(f"{where}: graph {kind} {vi.name!r} has element type {et}, "
+                                 "which is not an ONNX tensor type; re-export the model") from err
 
 
 def opset_of(model: onnx.ModelProto) -> int:

@@ -154,6 +154,9 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     if cfg.fast_bias_correction:
         bc_skipped = bias_correction.correct(prepared, g, plan, samples, batch, threads,
                                              cfg.progress)
+        for node, why in bc_skipped.items():
+            if "not finite" in why:
+                log(f"warning: bias correction of {node!r} skipped: {why}")
 
     aa = None
     reverted: list[str] = []

@@ -149,6 +149,12 @@ def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
         shift = sums[name] / max(counts[name], 1)
         old = g.const(site.tensor) if site.tensor else np.zeros(site.channels, np.float32)
         new = (old.reshape(-1).astype(np.float64) + shift / site.scale).reshape(old.shape)
+        if not np.isfinite(new.astype(np.float32)).all():
+            # NaN/Inf in the calibration data, or values whose fp32 / quantized difference
+            # overflows: a corrected bias would poison the layer, so it keeps its own
+            skipped[name] = ("the measured output shift is not finite (calibration data "
+                             "holds NaN/Inf or values beyond float32 range); bias kept")
+            continue
         plan.bias_updates[name] = BiasUpdate(site.tensor or "", site.holder, site.index,
                                              new.astype(np.float32), shift / site.scale)
     return skipped

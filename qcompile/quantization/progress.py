@@ -1,41 +1,46 @@
-"""A dependency-free progress bar on stderr (shown when stderr is a terminal, or when forced)."""
+"""Progress bars of the PTQ passes (statistics, bias correction, ranking, debug) on stderr,
+drawn by `rich` when stderr is a terminal or when forced (`--progress`); silent otherwise,
+so logs and pipes get no carriage-return noise."""
 from __future__ import annotations
 
 import sys
-import time
 
 
 class Progress:
+    """`with Progress(total, desc, enabled) as bar: ... bar.update()`; enabled=None: only on
+    a terminal. total=None: a counter without a bar."""
+
     def __init__(self, total: int | None, desc: str, enabled: bool | None = None, stream=None):
         self.total, self.desc, self.n = total, desc, 0
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.t0 = self._last = time.monotonic()
+        self._bar = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+            console = Console(file=self.stream, force_terminal=self.stream.isatty() or None,
+                              width=100 if not self.stream.isatty() else None)
+            cols = [TextColumn("{task.description}:")]
+            if total:
+                cols += [BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+                         TextColumn("eta"), TimeRemainingColumn()]
+            else:
+                cols += [TextColumn("{task.completed}"), TimeElapsedColumn()]
+            self._bar = RichProgress(*cols, console=console, refresh_per_second=5)
+            self._task = self._bar.add_task(desc, total=total)
+            self._bar.start()
 
     def update(self, k: int = 1) -> None:
         self.n += k
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.2 or self.n == self.total):
-            self._last = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        el = now - self.t0
-        if self.total:
-            frac = min(self.n / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            eta = el / max(frac, 1e-9) - el
-            text = f"\r{self.desc}: [{bar:<30}] {self.n}/{self.total} {el:5.1f}s eta {eta:5.1f}s"
-        else:
-            text = f"\r{self.desc}: {self.n} {el:5.1f}s"
-        self.stream.write(text)
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.update(self._task, advance=k)
 
     def close(self) -> None:
-        if self.enabled:
-            self._draw(time.monotonic())
-            self.stream.write("\n")
-            self.stream.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def __enter__(self):
         return self
