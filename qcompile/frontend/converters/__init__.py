@@ -9,10 +9,11 @@
   `ConvInteger`, `MatMulInteger` (exact integer ops).
 * `clip`: `Clip` with constant bounds -> `R.clip` (TVM's converter emits opaque TE
   `maximum`/`minimum` calls that the passes could not see through).
+* `rnn`: `LSTM`, `GRU` (TVM's importer has neither), unrolled over the static sequence.
 * `rebind`: every other TVM converter that binds its result itself (LayerNormalization, ...)
   returns the call instead, so the result is named after the node like all others.
 """
-from . import clip, fake_quantize, qdq, qoperator  # noqa: F401
+from . import clip, fake_quantize, qdq, qoperator, rnn  # noqa: F401
 from . import rebind
 
 rebind.register_all()   # last: wraps only the converters not replaced above

@@ -505,10 +505,26 @@ def _producers_at_rows(func: tirx.PrimFunc):
             if math.prod(_ext(sch, lp) for lp in inner) > consumed:
                 return None
             if inner and _ext(sch, inner[-1]) > 1:
-                sch.vectorize(inner[-1])
+                _vectorize_capped(sch, inner[-1])
     except _TVM_ERRORS:
         return None
     return sch.mod["main"]
+
+
+MAX_VECTOR_LANES = 64
+
+
+def _vectorize_capped(sch: Schedule, loop) -> None:
+    """Vectorize `loop`, split first when it is longer than MAX_VECTOR_LANES: LLVM takes
+    minutes on a 512-lane vector of a transposing (gathering) stage (magika's LayerNorm +
+    transpose + quantize kernel: 58 s of an 84 s build) and splits it into zmm ops anyway."""
+    n = _ext(sch, loop)
+    if n <= MAX_VECTOR_LANES:
+        sch.vectorize(loop)
+        return
+    lanes = _best_divisor(n, MAX_VECTOR_LANES)
+    if lanes > 1:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
 def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
