@@ -124,7 +124,8 @@ def _sha256(p: Path) -> str:
 def _text_cls(n, rng, m):
     import ptq_data
     x, _ = ptq_data.text_lines(n, seed=int(rng.integers(1 << 30)))
-    return [{"x": x[i:i + 1]} for i in range(n)]
+    x = x.reshape(n, 1, 3, 48, 192)
+    return [{"x": x[i]} for i in range(n)]
 
 
 def _rec_preprocess(img, h=48, w=320):
