@@ -20,11 +20,14 @@ def load(build_dir, profile: bool = False):
     return _load(build_dir, profile=profile)
 
 
-def build(model, out_dir, **config):
-    """Python form of `qcompile build`: keyword arguments are BuildConfig fields."""
-    from .build import BuildConfig, build as _build
+# The submodule qcompile.build is loaded now, so that the function below (and not the module,
+# which Python would bind as `qcompile.build` on its first import) is `qcompile.build`.
+from . import build as _build_module  # noqa: E402
 
-    return _build(model, BuildConfig(**config), out_dir)
+
+def build(model, out_dir, quiet: bool = False, **config):
+    """Python form of `qcompile build`: keyword arguments are BuildConfig fields."""
+    return _build_module.build(model, _build_module.BuildConfig(**config), out_dir, quiet=quiet)
 
 
 def quantize(*args, **kwargs):

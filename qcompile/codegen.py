@@ -52,7 +52,10 @@ def fuse_with_map(mod, target, fast_math: bool = False):
 
     with target, tvm.transform.PassContext(opt_level=3):
         passes = _pre_fusion_passes(fast_math, cpu=target.kind.name == "llvm")
-        grouped = tvm.transform.Sequential(passes)(mod)
+        try:
+            grouped = tvm.transform.Sequential(passes)(mod)
+        except _tvm_errors() as err:
+            raise _not_compiled(err, "lowering of an op to TIR (LegalizeOps)", target) from err
         kernel_map = _kernel_map(grouped)
         fused = tvm.transform.Sequential([relax.transform.FuseTIR(),
                                           relax.transform.DeadCodeElimination()])(grouped)
@@ -133,9 +136,30 @@ def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=N
         from .tir_stack_allocs import register_pipeline
 
         tir_pipeline = register_pipeline()
-    with target, tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(mod, target=target, relax_pipeline=_pipeline,
-                           tir_pipeline=tir_pipeline)
+    try:
+        with target, tvm.transform.PassContext(opt_level=3):
+            return tvm.compile(mod, target=target, relax_pipeline=_pipeline,
+                               tir_pipeline=tir_pipeline)
+    except _tvm_errors() as err:
+        raise _not_compiled(err, "TVM's build", target) from err
+
+
+def _tvm_errors():
+    from .fallbacks import tvm_errors
+
+    return tvm_errors()
+
+
+def _not_compiled(err, stage: str, target):
+    """An op TVM cannot lower or compile (int pow, max over bool, cumsum/topk without their
+    library kernels, casts to fp4, ...): one ModelError naming the failed check, not a trace."""
+    from .errors import ModelError
+
+    lines = [ln.strip() for ln in str(err).splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    return ModelError(f"{stage} failed for {target.kind.name}: {type(err).__name__}: "
+                      f"{lines[-1][:300] if lines else err}. qcompile's TVM build does not "
+                      "support the op or dtype named there; replace it in the model or report it")
 
 
 def _mark_db_scheduled(mod):

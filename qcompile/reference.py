@@ -183,7 +183,7 @@ def conv2d(x, w, strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1), groups=1
         outs.append(r)
     y = np.concatenate(outs, axis=-1).transpose(0, 3, 1, 2)
     dt = out_dtype or (np.int32 if integer else F32)
-    return np.ascontiguousarray(y).astype(dt)
+    return np.asarray(y, order="C").astype(dt)
 
 
 def _pool(x, pool, strides, padding, dilation, ceil_mode, fn, pad_value):

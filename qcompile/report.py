@@ -34,7 +34,10 @@ SHORT = {"uint8": "u8", "int8": "s8", "int32": "s32", "float32": "f32", "int16":
 # ops that only finish a realization (bias / zero-point add, cast): the row shows the op
 # that computes the node, found through them
 _EPILOGUE = {"relax.add", "relax.subtract", "relax.astype", "relax.multiply",
-             "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum"}
+             "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum",
+             "relax.squeeze", "relax.expand_dims"}
+_REQUANT = {"relax.dequantize", "qcompile.requantize"}
+_SHAPE_EPILOGUE = {"relax.squeeze", "relax.expand_dims"}  # (a 1-D conv is a 2-D one, squeezed)
 _FUSED_WHY = {"Relu": "folded into the clip bounds of the requantize after it",
               "Clip": "folded into the clip bounds of the requantize after it",
               "Mul": "a constant scale folded into the (de)quantization scale",
@@ -71,13 +74,16 @@ def _core(binding, values, named):
     from tvm import relax
 
     v = binding.value
+    squeezed = False
     for _ in range(8):
         if isinstance(v, relax.Var) and v in values:
             v = values[v]
             continue
         if not (isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op)):
             return v
-        if v.op.name not in _EPILOGUE:
+        squeezed = squeezed or v.op.name in _SHAPE_EPILOGUE
+        # a 1-D conv's squeeze of the dequantized 2-D result: the node is the conv under it
+        if v.op.name not in _EPILOGUE and not (squeezed and v.op.name in _REQUANT):
             return v
         nxt = None
         for a in v.args:

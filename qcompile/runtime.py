@@ -158,5 +158,5 @@ def check_feed(inputs, feed: Mapping[str, Any]) -> list[np.ndarray]:
         if arr.dtype != np.dtype(spec.dtype):
             raise InputError(f"input {spec.name!r} has dtype {arr.dtype}, the model expects "
                              f"{spec.dtype}; convert it with .astype('{spec.dtype}')")
-        arrs.append(np.ascontiguousarray(arr))
+        arrs.append(np.asarray(arr, order="C"))  # (ascontiguousarray makes a scalar 1-D)
     return arrs

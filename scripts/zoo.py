@@ -61,6 +61,7 @@ class ZooModel:
     metric: str            # task metric (METRICS below)
     family: str
     extra_inputs: dict = dataclasses.field(default_factory=dict)  # constant side inputs
+    builder: str | None = None  # built with onnx.helper instead (BUILDERS below): no wheel
 
 
 ZOO = [
@@ -81,6 +82,11 @@ ZOO = [
              "voice activity (STFT conv + LSTM cell)"),
     ZooModel("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "",
              {"bytes": (1, 2048)}, "file_bytes", "top1", "byte-level content-type net (int32)"),
+    # no wheel checked ships a transformer encoder (the hunt is in the README), so this one is
+    # built with onnx.helper: BERT-style, int64 token ids + attention mask, Gather embeddings
+    ZooModel("text_encoder", "(onnx.helper)", "built by scripts/zoo.py", "",
+             {"input_ids": (1, 32), "attention_mask": (1, 32)}, "sentences", "cosine",
+             "transformer encoder (int64 ids, mask)", builder="encoder"),
 ]
 
 
@@ -92,6 +98,12 @@ def cache_dir() -> Path:
 
 def fetch(m: ZooModel) -> Path:
     """The model file, from the cache or out of its wheel (pip download, cached)."""
+    if m.builder:
+        dest = cache_dir() / m.name / f"{m.name}.onnx"
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            BUILDERS[m.builder](dest)
+        return dest
     dest = cache_dir() / m.name / Path(m.member).name
     if dest.is_file() and (not m.sha256 or _sha256(dest) == m.sha256):
         return dest
@@ -225,7 +237,117 @@ def _file_bytes(n, rng, m):
     return out
 
 
-DATA: dict[str, Callable] = {"text_cls": _text_cls, "text_rec": _text_rec,
+VOCAB, SEQ = 2000, 32
+
+
+def _tokens(sentence: str) -> list[int]:
+    import zlib
+    words = "".join(c if c.isalnum() else " " for c in sentence.lower()).split()
+    return [1] + [3 + zlib.crc32(w.encode()) % (VOCAB - 3) for w in words][:SEQ - 2] + [2]
+
+
+def _real_sentences() -> list[str]:
+    """English sentences from the docstrings of the Python standard library here."""
+    import pydoc  # noqa: F401  (imports many stdlib modules)
+    out = []
+    for mod in sorted(sys.modules):
+        doc = getattr(sys.modules[mod], "__doc__", None) or ""
+        for part in " ".join(doc.split()).split(". "):
+            if 6 <= len(part.split()) <= 40 and part[:1].isupper():
+                out.append(part)
+    return sorted(set(out))
+
+
+def _sentences(n, rng, m):
+    sents = _real_sentences()
+    out = []
+    for i in rng.choice(len(sents), size=n, replace=False):
+        ids = _tokens(sents[i])
+        x = np.zeros((1, SEQ), np.int64)
+        mask = np.zeros((1, SEQ), np.int64)
+        x[0, :len(ids)] = ids
+        mask[0, :len(ids)] = 1
+        out.append({"input_ids": x, "attention_mask": mask})
+    return out
+
+
+def _build_encoder(path: Path, hidden=128, heads=4, layers=2, ffn=512, seed=0) -> None:
+    """A BERT-style encoder (post-LN, exact-erf GELU, additive mask), weights drawn with a
+    fixed seed at the scale of trained ones (1/sqrt(fan-in)), embeddings N(0, 1)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    r = np.random.default_rng(seed)
+    nodes, inits = [], []
+    dh = hidden // heads
+
+    def c(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def op(t, ins, out, **kw):
+        nodes.append(helper.make_node(t, ins, [out], name=out, **kw))
+        return out
+
+    def lin(x, fi, fo, name):
+        w = c(name + ".w", (r.standard_normal((fi, fo)) / np.sqrt(fi)).astype(np.float32))
+        b = c(name + ".b", (r.standard_normal(fo) * 0.02).astype(np.float32))
+        return op("Add", [op("MatMul", [x, w], name + "/MatMul"), b], name + "/Add")
+
+    def ln(x, name):
+        g = c(name + ".g", (1 + 0.1 * r.standard_normal(hidden)).astype(np.float32))
+        b = c(name + ".b", (0.05 * r.standard_normal(hidden)).astype(np.float32))
+        return op("LayerNormalization", [x, g, b], name, axis=-1, epsilon=1e-12)
+
+    emb = c("word_embeddings", r.standard_normal((VOCAB, hidden)).astype(np.float32))
+    pos = c("position_embeddings", (0.5 * r.standard_normal((1, SEQ, hidden))).astype(np.float32))
+    x = op("Gather", [emb, "input_ids"], "embeddings/Gather", axis=0)
+    x = ln(op("Add", [x, pos], "embeddings/Add"), "embeddings/LayerNorm")
+    m = op("Cast", ["attention_mask"], "mask/Cast", to=TensorProto.FLOAT)
+    m = op("Sub", [c("one", np.float32(1)), m], "mask/Sub")
+    m = op("Mul", [m, c("neg", np.float32(-10000))], "mask/Mul")
+    m = op("Unsqueeze", [m, c("ax12", np.array([1, 2], np.int64))], "mask/Unsqueeze")
+    heads_shape = c("heads_shape", np.array([1, SEQ, heads, dh], np.int64))
+    flat_shape = c("flat_shape", np.array([1, SEQ, hidden], np.int64))
+    for i in range(layers):
+        p = f"layer{i}"
+
+        def split(t, name, perm):
+            return op("Transpose", [op("Reshape", [t, heads_shape], name + "/Reshape")],
+                      name + "/Transpose", perm=perm)
+        q = split(lin(x, hidden, hidden, p + "/q"), p + "/q", [0, 2, 1, 3])
+        k = split(lin(x, hidden, hidden, p + "/k"), p + "/k", [0, 2, 3, 1])
+        v = split(lin(x, hidden, hidden, p + "/v"), p + "/v", [0, 2, 1, 3])
+        s_ = op("MatMul", [q, k], p + "/qk")
+        s_ = op("Div", [s_, c(p + "/sqrt_d", np.float32(np.sqrt(dh)))], p + "/scale")
+        s_ = op("Softmax", [op("Add", [s_, m], p + "/mask_add")], p + "/softmax", axis=-1)
+        a = op("MatMul", [s_, v], p + "/av")
+        a = op("Reshape", [op("Transpose", [a], p + "/av/Transpose", perm=[0, 2, 1, 3]),
+                           flat_shape], p + "/av/Reshape")
+        x = ln(op("Add", [lin(a, hidden, hidden, p + "/o"), x], p + "/res1"), p + "/ln1")
+        h = lin(x, hidden, ffn, p + "/ffn1")
+        g = op("Erf", [op("Div", [h, c(p + "/sqrt2", np.float32(np.sqrt(2)))], p + "/gelu/Div")],
+               p + "/gelu/Erf")
+        g = op("Add", [g, c(p + "/gelu_one", np.float32(1))], p + "/gelu/Add")
+        g = op("Mul", [op("Mul", [h, g], p + "/gelu/Mul"), c(p + "/half", np.float32(0.5))],
+               p + "/gelu/Mul2")
+        x = ln(op("Add", [lin(g, ffn, hidden, p + "/ffn2"), x], p + "/res2"), p + "/ln2")
+    nodes[-1].output[0] = "last_hidden_state"
+    graph = helper.make_graph(
+        nodes, "text_encoder",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                       ["batch", "seq", hidden])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+BUILDERS: dict[str, Callable] = {"encoder": _build_encoder}
+
+
+DATA: dict[str, Callable] = {"sentences": _sentences, "text_cls": _text_cls, "text_rec": _text_rec,
                              "text_page": _text_page, "photo": _photo, "speech": _speech,
                              "file_bytes": _file_bytes}
 
@@ -250,6 +372,12 @@ def task_metric(kind, ref, out) -> tuple[str, float]:
             a, b = r > 0.3, o > 0.3
             ious.append(1.0 if not (a | b).any() else (a & b).sum() / (a | b).sum())
         return "text-mask IoU", float(np.mean(ious))
+    if kind == "cosine":
+        cos = []
+        for r, o in zip(ref, out):   # mean over the tokens (padding included) of each sentence
+            a, b = r.reshape(-1, r.shape[-1]).mean(0), o.reshape(-1, o.shape[-1]).mean(0)
+            cos.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12)))
+        return "mean-pooled embedding cosine", float(np.mean(cos))
     if kind == "prob":
         return "max |d speech prob|", float(max(np.abs(r - o).max() for r, o in zip(ref, out)))
     return "output SQNR dB", _sqnr(ref, out)
@@ -355,9 +483,19 @@ class _Reader:
 
 
 def step_ort(m, src, work, calib, ev, ref, res):
+    import onnx
+    import onnx.version_converter
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     out = work / f"{m.name}_ort_int8.onnx"
-    quantize_static(str(static_fp32(src, m, work)), str(out), _Reader(calib),
+    fp32 = static_fp32(src, m, work)
+    model = onnx.load(fp32)
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:
+        # per-channel DequantizeLinear (its `axis`) needs opset 13; quantize_static writes
+        # it into the old opset regardless and ORT then refuses the model (paddle2onnx: 10/11)
+        fp32 = work / f"{m.name}_static_op13.onnx"
+        onnx.save(onnx.version_converter.convert_version(model, 13), fp32)
+    quantize_static(str(fp32), str(out), _Reader(calib),
                     quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)

@@ -194,3 +194,16 @@ def test_runtime_uses_every_physical_core():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout
     assert out.strip().splitlines()[-1] == "1"
+
+
+def test_python_api_build_stays_a_function(mlp_path, tmp_path):
+    """`qcompile.build` is the function, on every call: the submodule of the same name once
+    replaced it after the first import (TypeError: 'module' object is not callable)."""
+    import qcompile
+
+    for i in range(2):
+        res = qcompile.build(mlp_path, tmp_path / f"b{i}", quiet=True, target="host")
+        assert (res.out_dir / "model.so").is_file()
+    x = np.ones((2, 16), np.float32)
+    np.testing.assert_array_equal(qcompile.load(tmp_path / "b0")({"x": x})["y"],
+                                  qcompile.load(tmp_path / "b1")({"x": x})["y"])

@@ -146,3 +146,99 @@ def test_folding_never_folds_weight_dequantize():
     m.ir_version = 8
     proto, _, folded = prepare(m)
     assert folded == 0 and [n.op_type for n in proto.graph.node] == ["DequantizeLinear", "MatMul"]
+
+
+def test_shapes_flow_through_fakequantize_so_shapes_computed_after_it_fold():
+    """The same two-round chain with a FakeQuantize where the Relu was (qcompile's PTQ of
+    PP-OCRv4 puts one there): ONNX shape inference does not know FakeQuantize, so its output
+    shape is carried over from its input, and the second Reshape's shape still folds."""
+    m = _two_round_reshape_model()
+    relu = next(n for n in m.graph.node if n.op_type == "Relu")
+    fq = helper.make_node("FakeQuantize", ["y", "lo", "hi", "lo", "hi"], ["yr"], levels=256,
+                          name="fq", domain="org.openvinotoolkit")
+    nodes = [fq if n is relu else n for n in m.graph.node]
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(-1.0, np.float32), "lo"),
+                                numpy_helper.from_array(np.array(1.0, np.float32), "hi")])
+    m.opset_import.append(helper.make_opsetid("org.openvinotoolkit", 1))
+    proto, _, _ = prepare(m, {"x": (2, 4, 6)})
+    assert [n.op_type for n in proto.graph.node] == ["Reshape", "FakeQuantize", "Reshape"]
+    im = import_onnx(m, {"x": (2, 4, 6)})
+    assert im.outputs[0].shape == (12, 4)
+
+
+def test_folded_scalar_stays_a_scalar():
+    """A scalar Constant index folded into an initializer keeps rank 0: Gather with a scalar
+    index drops the axis (silero-vad's state[0] -> LSTM initial_h; as shape [1] it added a
+    dim and the next Conv was imported as conv2d)."""
+    idx = numpy_helper.from_array(np.array(1, np.int64), "k")
+    nodes = [helper.make_node("Constant", [], ["i"], value=idx, name="const"),
+             helper.make_node("Gather", ["x", "i"], ["y"], axis=0, name="gather")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    proto, _, folded = prepare(m)
+    assert folded == 1 and list(proto.graph.initializer[0].dims) == []
+    assert import_onnx(m).outputs[0].shape == (1, 4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_1d_conv_imports_as_2d_and_matches_onnxruntime(bias, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from qcompile.build import BuildConfig, build
+    from qcompile.runtime import load
+
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(r.standard_normal((6, 4, 5)).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(r.standard_normal(6).astype(np.float32), "b"))
+        ins.append("b")
+    node = helper.make_node("Conv", ins, ["y"], name="conv", kernel_shape=[5], strides=[2],
+                            pads=[2, 1], dilations=[1])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 33])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 16])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "c.onnx")
+    build(str(tmp_path / "c.onnx"), BuildConfig(target="host"), tmp_path / "b", quiet=True)
+    x = r.standard_normal((1, 4, 33)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "c.onnx")).run(None, {"x": x})[0]
+    got = load(tmp_path / "b")({"x": x})["y"]
+    assert got.shape == want.shape == (1, 6, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,bias", [(2, True), (2, False), (3, True)])
+def test_conv_transpose_with_stride_equal_kernel_is_a_1x1_conv_and_a_depth_to_space(k, bias, tmp_path):
+    """ConvTranspose with stride == kernel (DBNet's upsampling heads) is imported as a 1x1
+    conv + depth-to-space (converters/conv_transpose.py); same numbers as ONNX Runtime."""
+    ort = pytest.importorskip("onnxruntime")
+    from qcompile.build import BuildConfig, build
+    from qcompile.runtime import load
+
+    r = np.random.default_rng(k)
+    inits = [numpy_helper.from_array(r.standard_normal((8, 3, k, k)).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(r.standard_normal(3).astype(np.float32), "b"))
+        ins.append("b")
+    node = helper.make_node("ConvTranspose", ins, ["y"], name="up", kernel_shape=[k, k],
+                            strides=[k, k])
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 5, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5 * k, 7 * k])],
+                          initializer=inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    im = import_onnx(m)
+    ops = {str(c.op.name) for blk in im.mod["main"].body.blocks for b in blk.bindings
+           for c in [b.value] if hasattr(c, "op") and hasattr(c.op, "name")}
+    assert "relax.nn.conv2d" in ops and "relax.nn.conv2d_transpose" not in ops
+    onnx.save(m, tmp_path / "u.onnx")
+    build(str(tmp_path / "u.onnx"), BuildConfig(target="host"), tmp_path / "b", quiet=True)
+    x = r.standard_normal((1, 8, 5, 7)).astype(np.float32)
+    want = ort.InferenceSession(str(tmp_path / "u.onnx")).run(None, {"x": x})[0]
+    np.testing.assert_allclose(load(tmp_path / "b")({"x": x})["y"], want, rtol=1e-5, atol=1e-5)

@@ -18,7 +18,7 @@ from ..errors import ModelError, QCompileError, UnsupportedOpsError
 from .fold import fold_constants
 from .loader import load_model, opset_of
 from .registry import patched_importer, registered_op_types, sanitize, tvm_supported_op_types
-from .shapes import dims_of, elem_dtype, fix_input_shapes, graph_inputs, infer_shapes
+from .shapes import check_tensor_io, dims_of, elem_dtype, fix_input_shapes, graph_inputs, infer_shapes
 
 
 @dataclasses.dataclass
@@ -64,6 +64,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto,
             input_shapes: dict[str, tuple[int, ...]] | None = None):
     """Load, fix shapes, infer, fold: the ONNX-level half of the import (no TVM)."""
     proto, source = load_model(model)
+    check_tensor_io(proto, source)
     proto = fix_input_shapes(proto, input_shapes, source)
     proto = infer_shapes(proto, source)
     # fold, re-infer, repeat: a folded shape (Shape->...->Reshape) makes the Reshape's output

@@ -94,7 +94,8 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if not folded:
         return model, 0
     needed = {i for n in keep for i in n.input} | {o.name for o in graph.output}
-    new_inits = [numpy_helper.from_array(np.ascontiguousarray(v), name)
+    # (np.ascontiguousarray would turn a scalar into shape [1]: a Gather index then adds a dim)
+    new_inits = [numpy_helper.from_array(np.array(v, order="C"), name)
                  for name, v in values.items() if name in needed]
     out = onnx.ModelProto()
     out.CopyFrom(model)

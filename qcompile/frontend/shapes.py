@@ -16,6 +16,18 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def check_tensor_io(model: onnx.ModelProto, source: str) -> None:
+    """Graph inputs and outputs must be tensors: sequences, maps and optionals are not
+    compiled (a ModelError naming them, not a crash further down)."""
+    for kind, vis in (("input", graph_inputs(model)), ("output", model.graph.output)):
+        for vi in vis:
+            which = vi.type.WhichOneof("value")
+            if which not in (None, "tensor_type"):
+                raise ModelError(f"{kind} {vi.name!r} of {source} is a {which.replace('_type', '')}"
+                                 "; qcompile compiles models whose inputs and outputs are "
+                                 "tensors")
+
+
 def dims_of(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
@@ -72,11 +84,51 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
     return model
 
 
-def infer_shapes(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+# Ops outside the ONNX domain whose output has the type and shape of their first input.
+# ONNX shape inference does not know them and stops there, so a Shape op downstream of a
+# FakeQuantize (PP-OCRv4's attention reshapes) would stay computed and the import fail.
+SHAPE_PRESERVING_CUSTOM_OPS = {("org.openvinotoolkit", "FakeQuantize"), ("", "FakeQuantize")}
+
+
+def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as err:
         raise ModelError(f"ONNX shape inference failed on {source}: {err}") from err
+
+
+def _static(vi: onnx.ValueInfoProto) -> bool:
+    tt = vi.type.tensor_type
+    return tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
+
+
+def infer_shapes(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
+    """ONNX shape inference, carried through the shape-preserving custom ops (FakeQuantize)."""
+    for _ in range(64):
+        model = _infer(model, source)
+        typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)
+                 + list(model.graph.output) if _static(vi)}
+        typed.update({t.name: helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                      for t in model.graph.initializer})
+        added = {}
+        for node in model.graph.node:
+            if (node.domain, node.op_type) not in SHAPE_PRESERVING_CUSTOM_OPS:
+                continue
+            out = node.output[0]
+            if out in typed or not node.input or node.input[0] not in typed:
+                continue
+            vi = onnx.ValueInfoProto()
+            vi.CopyFrom(typed[node.input[0]])
+            vi.name = out
+            added[out] = vi
+            typed[out] = vi
+        if not added:
+            return model
+        # replace what inference knew of them (a shape with unknown dims from an earlier round)
+        keep = [vi for vi in model.graph.value_info if vi.name not in added]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep + list(added.values()))
+    return model
 
 
 def elem_dtype(vi: onnx.ValueInfoProto) -> str:

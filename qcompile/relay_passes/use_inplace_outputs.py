@@ -57,13 +57,17 @@ def inplace_params(func: tirx.PrimFunc) -> list[int]:
     if len(func.params) < 2:
         return []
     bufs = list(func.params)  # TVM 0.27 (tirx): the parameters are the tensors
+    if not all(_is_tensor(b) for b in bufs):
+        return []  # a scalar parameter (shape var, prim value): not a plain TE function
     out = bufs[-1]
+    from ..fallbacks import tvm_errors
+
     try:
         from tvm import s_tir
 
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         blocks = _blocks(sch, sch.get_sblock("root"), [])
-    except (tvm.error.TVMError, ValueError):
+    except tvm_errors():
         return []  # not a plain TE function: never in place
     found = []
     for k, buf in enumerate(bufs[:-1]):
@@ -73,6 +77,14 @@ def inplace_params(func: tirx.PrimFunc) -> list[int]:
         if _pointwise_to_output(blocks, buf, out, bufs):
             found.append(k)
     return found
+
+
+def _is_tensor(param) -> bool:
+    try:
+        param.dtype
+        return True
+    except AttributeError:  # "dtype is only available on a Var with BufferType"
+        return False
 
 
 def _pointwise_to_output(blocks, buf, out, params) -> bool:

@@ -210,12 +210,20 @@ def _u8_data(bb, x, xz):
     return bb.emit(shifted), xz + 128
 
 
-def _exact_int32(x, zp):
+def _exact_int32(x, zp, channel_axis: int | None = None):
+    """x - zp in int32; a per-channel zp (1-D, one per output channel) is laid along
+    channel_axis (ONNX's weight zero point of ConvInteger is per output channel, axis 0)."""
     from tvm import relax
 
     y = relax.op.astype(x, "int32")
     if zp is not None:
-        y = relax.op.subtract(y, relax.op.astype(zp, "int32"))
+        z = relax.op.astype(zp, "int32")
+        rank = len(x.ty.shape)
+        if channel_axis is not None and len(zp.ty.shape) == 1 and rank > 1:
+            shape = [1] * rank
+            shape[channel_axis] = -1
+            z = relax.op.reshape(z, shape)
+        y = relax.op.subtract(y, z)
     return y
 
 
@@ -255,7 +263,7 @@ class ConvInteger(_Converter):
 
         if not fast:
             return _emit_named(bb, conv2d(bb.emit(_exact_int32(x, xzp)),
-                                          bb.emit(_exact_int32(w, wzp)), conv_pad), name)
+                                          bb.emit(_exact_int32(w, wzp, 0)), conv_pad), name)
         if any(pads) and xzu != 0:
             xu = bb.emit(relax.op.nn.pad(xu, [0, 0, 0, 0, pads[0], pads[2], pads[1], pads[3]],
                                          pad_value=float(xzu)))
