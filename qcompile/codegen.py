@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .fallbacks import tvm_errors
+
 
 def _pre_fusion_passes(fast_math: bool = False, cpu: bool = True):
     from tvm import relax
@@ -54,7 +56,7 @@ def fuse_with_map(mod, target, fast_math: bool = False):
         passes = _pre_fusion_passes(fast_math, cpu=target.kind.name == "llvm")
         try:
             grouped = tvm.transform.Sequential(passes)(mod)
-        except _tvm_errors() as err:
+        except tvm_errors() as err:
             raise _not_compiled(err, "lowering of an op to TIR (LegalizeOps)", target) from err
         kernel_map = _kernel_map(grouped)
         fused = tvm.transform.Sequential([relax.transform.FuseTIR(),
@@ -140,14 +142,8 @@ def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=N
         with target, tvm.transform.PassContext(opt_level=3):
             return tvm.compile(mod, target=target, relax_pipeline=_pipeline,
                                tir_pipeline=tir_pipeline)
-    except _tvm_errors() as err:
+    except tvm_errors() as err:
         raise _not_compiled(err, "TVM's build", target) from err
-
-
-def _tvm_errors():
-    from .fallbacks import tvm_errors
-
-    return tvm_errors()
 
 
 def _not_compiled(err, stage: str, target):

@@ -33,11 +33,10 @@ SHORT = {"uint8": "u8", "int8": "s8", "int32": "s32", "float32": "f32", "int16":
          "uint16": "u16", "int64": "s64", "float16": "f16", "bool": "bool"}
 # ops that only finish a realization (bias / zero-point add, cast): the row shows the op
 # that computes the node, found through them
-_EPILOGUE = {"relax.add", "relax.subtract", "relax.astype", "relax.multiply",
-             "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum",
-             "relax.squeeze", "relax.expand_dims"}
-_REQUANT = {"relax.dequantize", "qcompile.requantize"}
 _SHAPE_EPILOGUE = {"relax.squeeze", "relax.expand_dims"}  # (a 1-D conv is a 2-D one, squeezed)
+_EPILOGUE = {"relax.add", "relax.subtract", "relax.astype", "relax.multiply",
+             "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum"} | _SHAPE_EPILOGUE
+_REQUANT = {"relax.dequantize", "qcompile.requantize"}
 _FUSED_WHY = {"Relu": "folded into the clip bounds of the requantize after it",
               "Clip": "folded into the clip bounds of the requantize after it",
               "Mul": "a constant scale folded into the (de)quantization scale",

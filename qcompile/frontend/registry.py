@@ -32,6 +32,34 @@ def register_converter(*op_types: str) -> Callable[[type], type]:
     return deco
 
 
+def override_converter(op_type: str):
+    """Decorator for `fn(bb, inputs, attr, opset, tvm)`: qcompile's converter of an op TVM
+    also converts. `tvm(inputs, attr)` runs TVM's converter (for the node's opset) on
+    inputs/attributes `fn` may have rewritten; `fn` returns the result, or None to leave the
+    node to TVM's converter unchanged."""
+
+    def deco(fn):
+        class Override:
+            @classmethod
+            def get_converter(cls, opset):
+                tvm_impl = _original_convert_map()[op_type].get_converter(opset)
+
+                def convert(bb, inputs, attr, params):
+                    def tvm(ins, at):
+                        return tvm_impl(bb, ins, at, params)
+
+                    out = fn(bb, inputs, attr, opset, tvm)
+                    return tvm(inputs, attr) if out is None else out
+
+                return convert
+
+        Override.__name__ = Override.__qualname__ = f"{fn.__name__}_override"
+        register_converter(op_type)(Override)
+        return fn
+
+    return deco
+
+
 def registered_op_types() -> set[str]:
     _load_builtin_converters()
     return set(_REGISTRY)

@@ -97,38 +97,28 @@ def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
         raise ModelError(f"ONNX shape inference failed on {source}: {err}") from err
 
 
-def _static(vi: onnx.ValueInfoProto) -> bool:
-    tt = vi.type.tensor_type
-    return tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)
-
-
 def infer_shapes(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """ONNX shape inference, carried through the shape-preserving custom ops (FakeQuantize)."""
-    for _ in range(64):
-        model = _infer(model, source)
-        typed = {vi.name: vi for vi in list(model.graph.value_info) + list(model.graph.input)
-                 + list(model.graph.output) if _static(vi)}
-        typed.update({t.name: helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-                      for t in model.graph.initializer})
-        added = {}
-        for node in model.graph.node:
-            if (node.domain, node.op_type) not in SHAPE_PRESERVING_CUSTOM_OPS:
-                continue
-            out = node.output[0]
-            if out in typed or not node.input or node.input[0] not in typed:
-                continue
-            vi = onnx.ValueInfoProto()
-            vi.CopyFrom(typed[node.input[0]])
-            vi.name = out
-            added[out] = vi
-            typed[out] = vi
-        if not added:
-            return model
-        # replace what inference knew of them (a shape with unknown dims from an earlier round)
-        keep = [vi for vi in model.graph.value_info if vi.name not in added]
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(keep + list(added.values()))
-    return model
+    """ONNX shape inference, carried through the shape-preserving custom ops (FakeQuantize):
+    inference runs once on a copy where each of them is an Identity of its first input, and
+    the value types it finds are written into the model."""
+    custom = [i for i, n in enumerate(model.graph.node)
+              if (n.domain, n.op_type) in SHAPE_PRESERVING_CUSTOM_OPS]
+    if not custom:
+        return _infer(model, source)
+    stand_in = onnx.ModelProto()
+    stand_in.CopyFrom(model)
+    for i in custom:
+        node = model.graph.node[i]
+        stand_in.graph.node[i].CopyFrom(
+            helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+    inferred = _infer(stand_in, source)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    del out.graph.output[:]
+    out.graph.output.extend(inferred.graph.output)
+    return out
 
 
 def elem_dtype(vi: onnx.ValueInfoProto) -> str:

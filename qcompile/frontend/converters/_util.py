@@ -4,6 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def attr_str(v):
+    """A string attribute as TVM's importer passes it (bytes) or a default (str), as str."""
+    return v.decode() if isinstance(v, bytes) else v
+
+
 def node_name(attr) -> str:
     return (attr.get("tvm_custom") or {}).get("name") or "<unnamed>"
 

@@ -14,103 +14,65 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ModelError
-from ..registry import _original_convert_map, register_converter
-from ._util import const_value, node_name
+from ..registry import override_converter
+from ._util import attr_str, const_value, node_name
 
 
-def _s(v):
-    return v.decode() if isinstance(v, bytes) else v
+@override_converter("IsInf")
+def is_inf(bb, inputs, attr, opset, tvm):
+    from tvm import relax
+
+    neg, pos = int(attr.get("detect_negative", 1)), int(attr.get("detect_positive", 1))
+    if neg and pos:
+        return None
+    x = inputs[0]
+    inf = relax.op.isinf(x)
+    if not (neg or pos):
+        return relax.op.logical_and(inf, relax.op.not_equal(x, x))   # all false
+    zero = relax.const(np.zeros((), str(x.ty.dtype)))
+    side = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
+    return relax.op.logical_and(inf, side)
 
 
-@register_converter("IsInf")
-class IsInf:
-    @classmethod
-    def get_converter(cls, opset):
-        def convert(bb, inputs, attr, params):
-            from tvm import relax
+@override_converter("SpaceToDepth")
+def space_to_depth(bb, inputs, attr, opset, tvm):
+    from tvm import relax
 
-            x = inputs[0]
-            inf = relax.op.isinf(x)
-            neg, pos = int(attr.get("detect_negative", 1)), int(attr.get("detect_positive", 1))
-            if neg and pos:
-                return inf
-            zero = relax.const(np.zeros((), str(x.ty.dtype)))
-            if not (neg or pos):
-                return relax.op.logical_and(inf, relax.op.not_equal(x, x))   # all false
-            side = relax.op.greater(x, zero) if pos else relax.op.less(x, zero)
-            return relax.op.logical_and(inf, side)
-
-        return convert
+    if attr_str(attr.get("mode", "DCR")) != "CRD":
+        return None
+    bs = int(attr["blocksize"])
+    b, c, h, w = (int(d) for d in inputs[0].ty.shape)
+    x = relax.op.reshape(inputs[0], (b, c, h // bs, bs, w // bs, bs))
+    x = relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4])
+    return relax.op.reshape(x, (b, c * bs * bs, h // bs, w // bs))
 
 
-@register_converter("SpaceToDepth")
-class SpaceToDepth:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["SpaceToDepth"].get_converter(opset)
+@override_converter("Expand")
+def expand(bb, inputs, attr, opset, tvm):
+    from tvm import relax
 
-        def convert(bb, inputs, attr, params):
-            from tvm import relax
-
-            if _s(attr.get("mode", "DCR")) != "CRD":
-                return tvm_impl(bb, inputs, attr, params)
-            bs = int(attr["blocksize"])
-            b, c, h, w = (int(d) for d in inputs[0].ty.shape)
-            x = relax.op.reshape(inputs[0], (b, c, h // bs, bs, w // bs, bs))
-            x = relax.op.permute_dims(x, [0, 1, 3, 5, 2, 4])
-            return relax.op.reshape(x, (b, c * bs * bs, h // bs, w // bs))
-
-        return convert
+    if not isinstance(inputs[1], relax.ShapeExpr) and const_value(inputs[1]) is None:
+        raise ModelError(
+            f"Expand {node_name(attr)!r}: its shape is computed at run time; qcompile needs it "
+            "constant (fix the input shapes with --input-shape so the Shape ops before it "
+            "fold, or make the shape an initializer)")
+    return None
 
 
-@register_converter("Expand")
-class Expand:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["Expand"].get_converter(opset)
-
-        def convert(bb, inputs, attr, params):
-            from tvm import relax
-
-            shape = inputs[1]
-            if not isinstance(shape, relax.ShapeExpr) and const_value(shape) is None:
-                raise ModelError(
-                    f"Expand {node_name(attr)!r}: its shape is computed at run time; qcompile "
-                    "needs it constant (fix the input shapes with --input-shape so the Shape "
-                    "ops before it fold, or make the shape an initializer)")
-            return tvm_impl(bb, inputs, attr, params)
-
-        return convert
+@override_converter("Dropout")
+def dropout(bb, inputs, attr, opset, tvm):
+    if len(inputs) > 2 and inputs[2] is not None:
+        t = const_value(inputs[2])
+        if t is None or bool(np.asarray(t).reshape(-1)[0]):
+            raise ModelError(f"Dropout {node_name(attr)!r}: training_mode is "
+                             f"{'not a constant' if t is None else 'true'}; qcompile compiles "
+                             "inference graphs (export the model in eval mode)")
+    return None
 
 
-@register_converter("Dropout")
-class Dropout:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["Dropout"].get_converter(opset)
-
-        def convert(bb, inputs, attr, params):
-            if len(inputs) > 2 and inputs[2] is not None:
-                t = const_value(inputs[2])
-                if t is None or bool(np.asarray(t).reshape(-1)[0]):
-                    raise ModelError(f"Dropout {node_name(attr)!r}: training_mode is "
-                                     f"{'not a constant' if t is None else 'true'}; qcompile "
-                                     "compiles inference graphs (export the model in eval mode)")
-            return tvm_impl(bb, inputs, attr, params)
-
-        return convert
-
-
-@register_converter("BatchNormalization")
-class BatchNormalization:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["BatchNormalization"].get_converter(opset)
-
-        def convert(bb, inputs, attr, params):
-            if int(attr.get("training_mode", 0)):
-                raise ModelError(f"BatchNormalization {node_name(attr)!r}: training_mode=1; "
-                                 "qcompile compiles inference graphs (export in eval mode)")
-            return tvm_impl(bb, inputs, attr, params)
-
-        return convert
+@override_converter("BatchNormalization")
+def batch_normalization(bb, inputs, attr, opset, tvm):
+    if int(attr.get("training_mode", 0)):
+        raise ModelError(f"BatchNormalization {node_name(attr)!r}: training_mode=1; qcompile "
+                         "compiles inference graphs (export in eval mode)")
+    return None

@@ -8,36 +8,24 @@ move past the dequantize). 2-D and 3-D convs go to TVM's converter unchanged.
 """
 from __future__ import annotations
 
-from ..registry import _original_convert_map, register_converter
+from ..registry import override_converter
+from ._util import rank_of
 
 
-def _ndim(e) -> int:
-    ty = e.ty
-    return int(ty.ndim) if hasattr(ty, "ndim") else len(ty.shape)
+@override_converter("Conv")
+def conv1d_as_2d(bb, inputs, attr, opset, tvm):
+    from tvm import relax
 
-
-@register_converter("Conv")
-class Conv1dAs2d:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["Conv"].get_converter(opset)
-
-        def convert(bb, inputs, attr, params):
-            from tvm import relax
-
-            if _ndim(inputs[0]) != 3:
-                return tvm_impl(bb, inputs, attr, params)
-            a = dict(attr)
-            for key in ("kernel_shape", "strides", "dilations"):
-                if key in a:
-                    a[key] = [1] + [int(v) for v in a[key]]
-            if "pads" in a:
-                b, e = (int(v) for v in a["pads"])
-                a["pads"] = [0, b, 0, e]
-            x = bb.emit(relax.op.expand_dims(inputs[0], 2))
-            w = bb.emit(relax.op.expand_dims(inputs[1], 2))
-            bias = inputs[2] if len(inputs) > 2 else None   # (TVM's reads inputs[2])
-            out = bb.emit(tvm_impl(bb, [x, w, bias], a, params))
-            return relax.op.squeeze(out, [2])
-
-        return convert
+    if rank_of(inputs[0]) != 3:
+        return None
+    a = dict(attr)
+    for key in ("kernel_shape", "strides", "dilations"):
+        if key in a:
+            a[key] = [1] + [int(v) for v in a[key]]
+    if "pads" in a:
+        b, e = (int(v) for v in a["pads"])
+        a["pads"] = [0, b, 0, e]
+    x = bb.emit(relax.op.expand_dims(inputs[0], 2))
+    w = bb.emit(relax.op.expand_dims(inputs[1], 2))
+    bias = inputs[2] if len(inputs) > 2 else None   # (TVM's converter reads inputs[2])
+    return relax.op.squeeze(bb.emit(tvm([x, w, bias], a)), [2])

@@ -9,8 +9,8 @@ negative total (the output is larger than the strided kernel covers) is extra ou
 from __future__ import annotations
 
 from ...errors import ModelError
-from ..registry import _original_convert_map, register_converter
-from ._util import node_name
+from ..registry import override_converter
+from ._util import attr_str, node_name, rank_of
 
 
 def _as_pixel_shuffle(bb, inputs, attr):
@@ -21,7 +21,7 @@ def _as_pixel_shuffle(bb, inputs, attr):
     from tvm import relax
 
     x, w = inputs[0], inputs[1]
-    if len(x.ty.shape) != 4 or len(w.ty.shape) != 4:
+    if rank_of(x) != 4 or rank_of(w) != 4:
         return None
     n, c, h, wd = (int(d) for d in x.ty.shape)
     ci, o, kh, kw = (int(d) for d in w.ty.shape)
@@ -30,7 +30,7 @@ def _as_pixel_shuffle(bb, inputs, attr):
             or any(int(v) for v in attr.get("pads", [0] * 4))
             or any(int(v) != 1 for v in attr.get("dilations", [1, 1]))
             or any(int(v) for v in attr.get("output_padding", [0, 0]))
-            or (attr.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"))):
+            or attr_str(attr.get("auto_pad", "NOTSET")) not in ("NOTSET", "VALID")):
         return None
     w2 = relax.op.reshape(relax.op.permute_dims(w, [1, 2, 3, 0]), (o * kh * kw, c, 1, 1))
     y = bb.emit(relax.op.nn.conv2d(x, bb.emit(w2)))
@@ -41,42 +41,32 @@ def _as_pixel_shuffle(bb, inputs, attr):
     return y
 
 
-@register_converter("ConvTranspose")
-class ConvTransposeOutputShape:
-    @classmethod
-    def get_converter(cls, opset):
-        tvm_impl = _original_convert_map()["ConvTranspose"].get_converter(opset)
-
-        def convert(bb, inputs, attr, params):
-            if "output_shape" not in attr:
-                out = _as_pixel_shuffle(bb, inputs, attr)
-                return out if out is not None else tvm_impl(bb, inputs, attr, params)
-            a = dict(attr)
-            in_shape = [int(d) for d in inputs[0].ty.shape]
-            spatial = len(in_shape) - 2
-            out = [int(v) for v in a.pop("output_shape")][-spatial:]
-            kernel = list(a.get("kernel_shape") or
-                          [int(s) for s in inputs[1].ty.shape][2:])
-            strides = list(a.get("strides", [1] * spatial))
-            dil = list(a.get("dilations", [1] * spatial))
-            opad = list(a.get("output_padding", [0] * spatial))
-            auto = a.pop("auto_pad", b"NOTSET")
-            auto = auto.decode() if isinstance(auto, bytes) else auto
-            begin, end = [], []
-            for i in range(spatial):
-                total = (strides[i] * (in_shape[i + 2] - 1) + opad[i]
-                         + (kernel[i] - 1) * dil[i] + 1 - out[i])
-                if total < 0:
-                    opad[i] -= total
-                    total = 0
-                b = total // 2 if auto == "SAME_UPPER" else total - total // 2
-                begin.append(b)
-                end.append(total - b)
-            if any(p >= s for p, s in zip(opad, strides)) and any(p > 0 for p in opad):
-                raise ModelError(f"ConvTranspose {node_name(a)!r}: output_shape {out} needs an "
-                                 f"output_padding {opad} not smaller than the strides "
-                                 f"{strides}; TVM cannot express it")
-            a.update(pads=begin + end, output_padding=opad)
-            return tvm_impl(bb, inputs, a, params)
-
-        return convert
+@override_converter("ConvTranspose")
+def conv_transpose(bb, inputs, attr, opset, tvm):
+    if "output_shape" not in attr:
+        return _as_pixel_shuffle(bb, inputs, attr)
+    a = dict(attr)
+    in_shape = [int(d) for d in inputs[0].ty.shape]
+    spatial = len(in_shape) - 2
+    out = [int(v) for v in a.pop("output_shape")][-spatial:]
+    kernel = list(a.get("kernel_shape") or [int(s) for s in inputs[1].ty.shape][2:])
+    strides = list(a.get("strides", [1] * spatial))
+    dil = list(a.get("dilations", [1] * spatial))
+    opad = list(a.get("output_padding", [0] * spatial))
+    auto = attr_str(a.pop("auto_pad", "NOTSET"))
+    begin, end = [], []
+    for i in range(spatial):
+        total = (strides[i] * (in_shape[i + 2] - 1) + opad[i]
+                 + (kernel[i] - 1) * dil[i] + 1 - out[i])
+        if total < 0:
+            opad[i] -= total
+            total = 0
+        b = total // 2 if auto == "SAME_UPPER" else total - total // 2
+        begin.append(b)
+        end.append(total - b)
+    if any(p >= s for p, s in zip(opad, strides)) and any(p > 0 for p in opad):
+        raise ModelError(f"ConvTranspose {node_name(a)!r}: output_shape {out} needs an "
+                         f"output_padding {opad} not smaller than the strides {strides}; TVM "
+                         "cannot express it")
+    a.update(pads=begin + end, output_padding=opad)
+    return tvm(inputs, a)

@@ -11,19 +11,15 @@ from __future__ import annotations
 
 from ...errors import ModelError
 from ..registry import register_converter
-from ._util import node_name
+from ._util import attr_str, node_name
 
 _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]}
 
 
-def _s(v):
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _check(op: str, inputs, attr) -> tuple[int, int]:
     name = node_name(attr)
-    acts = [_s(a) for a in attr.get("activations", [])]
-    dirs = 2 if _s(attr.get("direction", "forward")) == "bidirectional" else 1
+    acts = [attr_str(a) for a in attr.get("activations", [])]
+    dirs = 2 if attr_str(attr.get("direction", "forward")) == "bidirectional" else 1
     if acts and [a.lower() for a in acts] != [a.lower() for a in _DEFAULT_ACTS[op] * dirs]:
         raise ModelError(f"{op} {name!r}: activations {acts} are not supported (only the "
                          f"defaults {_DEFAULT_ACTS[op]})")
@@ -74,7 +70,7 @@ class LSTM:
             x, w, r = inputs[0], inputs[1], inputs[2]
             hidden = int(attr.get("hidden_size") or int(r.ty.shape[-1]))
             batch, dtype = int(x.ty.shape[1]), str(x.ty.dtype)
-            reverse = _s(attr.get("direction", "forward")) == "reverse"
+            reverse = attr_str(attr.get("direction", "forward")) == "reverse"
             ys, hs, cs = [], [], []
             sig, tanh = relax.op.sigmoid, relax.op.tanh
             for d in range(dirs):
@@ -127,7 +123,7 @@ class GRU:
             x, w, r = inputs[0], inputs[1], inputs[2]
             hidden = int(attr.get("hidden_size") or int(r.ty.shape[-1]))
             batch, dtype = int(x.ty.shape[1]), str(x.ty.dtype)
-            reverse = _s(attr.get("direction", "forward")) == "reverse"
+            reverse = attr_str(attr.get("direction", "forward")) == "reverse"
             lbr = bool(attr.get("linear_before_reset", 0))
             sig, tanh = relax.op.sigmoid, relax.op.tanh
             ys, hs = [], []
