@@ -199,9 +199,20 @@ def write_expected(path: Path, results: list[dict]) -> None:
     lines = ["# ONNX node tests qcompile claims (all ops importable) but does not pass, with",
              "# the reason each fails. Written by scripts/onnx_node_tests.py --write-expected;",
              "# CI (tests/test_onnx_node_tests.py) fails on any other failure and on a listed",
-             "# case that passes.", ""]
+             "# case that passes. Generated with onnx " + _onnx_version() + " (its node tests), "
+             "TVM " + _tvm_version() + ".", ""]
     lines += [f"{r['name']}: [{r['status']}] {r['reason']}" for r in bad]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _onnx_version() -> str:
+    import onnx
+    return onnx.__version__
+
+
+def _tvm_version() -> str:
+    import tvm
+    return tvm.__version__
 
 
 def summarize(results: list[dict], total_cases: int) -> dict:

@@ -655,6 +655,116 @@ def test_requantized_qadd_epilogue(requantized_first):
     assert (qv == lo).any() and (qv == hi).any(), "the clip bounds were not exercised"
 
 
+def _silu_split_concat_graph(x, w1, b1, s1, w2, qs, qzp):
+    """conv -> bias -> dequantize (per-channel) -> x * sigmoid(x) -> quantize -> split at
+    16 channels -> concat (parts swapped) -> conv: YOLOv8's C2f pattern."""
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    c = w1.shape[0]
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(xv, relax.const(w1), out_dtype="int32"))
+            a = bb.emit(relax.op.add(a, relax.const(b1.reshape(1, -1, 1, 1))))
+            d = bb.emit(relax.op.dequantize(a, relax.const(s1), relax.const(np.zeros(c, "int32")),
+                                            axis=1, out_dtype="float32"))
+            g = bb.emit(relax.op.multiply(d, relax.op.sigmoid(d)))
+            q = bb.emit(relax.op.quantize(g, relax.const(np.float32(qs)),
+                                          relax.const(np.uint8(qzp)), axis=0,
+                                          out_dtype="uint8"))
+            sp = bb.emit(relax.op.split(q, [16], axis=1))
+            cat = bb.emit(relax.op.concat([bb.emit(relax.TupleGetItem(sp, 1)),
+                                           bb.emit(relax.TupleGetItem(sp, 0))], axis=1))
+            out = bb.emit_output(relax.op.nn.conv2d(cat, relax.const(w2), out_dtype="int32"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_silu_split_concat_stay_in_the_region():
+    """The f32 SiLU between a conv's dequantize and the next quantize, and a channel
+    split / concat at block multiples, run in NCHW[L]c (one `to_nchwc` at the entry, one
+    `from_nchwc` at the exit), bit-identical to the same graph without the dispatch (TVM's
+    legalization of quantize / dequantize, qcompile's vector sigmoid in both)."""
+    from qcompile import codegen
+    from qcompile.schedules import dispatch_for
+
+    spec = _host_x86_spec()
+    c = 48
+    x = activations((1, c, 5, 6))
+    w1 = weights((c, c, 1, 1), "widen")
+    w2 = weights((c, c, 1, 1), "widen")
+    b1 = RNG.integers(-3000, 3000, c).astype(np.int32)
+    s1 = (RNG.random(c) * 2e-3 + 1e-4).astype(np.float32)
+    mod = _silu_split_concat_graph(x, w1, b1, s1, w2, 0.05, 128)
+    target = spec.tvm_target()
+
+    def compile_(m, default=None):
+        fused = codegen.fuse(m, target)
+        return codegen.compile_fused(fused, target, default_schedule=default)
+
+    out, default = dispatch_for(mod, spec)
+    text = out["main"].script()
+    assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
+    assert "R.dequantize" not in text and "R.quantize" not in text, text
+    skip_unless_runnable(spec)
+    got = run(compile_(out, default), x)
+    ref = run(compile_(mod), x)
+    np.testing.assert_array_equal(got, ref)
+    # and against numpy (its sigmoid is not qcompile's within 3 ulp: a u8 value may move by
+    # one step at a rounding tie, and every accumulator using it with it)
+    acc = conv_ref(x, w1) + b1.reshape(1, -1, 1, 1)
+    d = (acc.astype(np.float32) * s1.reshape(1, -1, 1, 1)).astype(np.float32)
+    g = d * (1 / (1 + np.exp(-d.astype(np.float64)))).astype(np.float32)
+    q = np.clip(np.round(g / np.float32(0.05)) + 128, 0, 255).astype(np.uint8)
+    exp = conv_ref(np.concatenate([q[:, 16:], q[:, :16]], 1), w2)
+    assert np.mean(got == exp) > 0.9, np.mean(got == exp)
+
+
+def test_gate_and_resize_stay_in_the_region():
+    """A per-channel computed gate ([1, C, 1, 1], squeeze-excite / DBNet's HardSigmoid
+    attention) multiplied into a region value, then a nearest 2x resize and the quantize:
+    all in NCHW[L]c, bit-identical to the graph without the dispatch."""
+    from qcompile import codegen
+    from qcompile.schedules import dispatch_for
+
+    spec = _host_x86_spec()
+    c = 24  # not a multiple of the block: the padded lanes ride along
+    x = activations((1, c, 5, 6))
+    gate = RNG.random((1, c, 1, 1)).astype(np.float32)
+    w1 = weights((c, c, 3, 3), "widen")
+    w2 = weights((c, c, 1, 1), "widen")
+    s1 = (RNG.random(c) * 2e-3 + 1e-4).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    gv = relax.Var("g", relax.TensorType(gate.shape, "float32"))
+    with bb.function("main", [xv, gv]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(xv, relax.const(w1), padding=(1, 1),
+                                           out_dtype="int32"))
+            d = bb.emit(relax.op.dequantize(a, relax.const(s1), relax.const(np.int32(0)),
+                                            axis=1, out_dtype="float32"))
+            g = bb.emit(relax.op.multiply(d, relax.op.clip(gv, 0, 1)))
+            r = bb.emit(relax.op.image.resize2d(g, (10, 12), roi=[0.0] * 4,
+                                                method="nearest_neighbor",
+                                                coordinate_transformation_mode="asymmetric",
+                                                rounding_method="floor"))
+            q = bb.emit(relax.op.quantize(r, relax.const(np.float32(0.04)),
+                                          relax.const(np.uint8(100)), axis=0,
+                                          out_dtype="uint8"))
+            out = bb.emit_output(relax.op.nn.conv2d(q, relax.const(w2), out_dtype="int32"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    target = spec.tvm_target()
+    out, default = dispatch_for(mod, spec)
+    text = out["main"].script()
+    # entries: x and the gate; one exit
+    assert text.count("to_nchwc") == 2 and text.count("from_nchwc") == 1, text
+    assert 'layout="NCHW16c"' in text or f'layout="NCHW{spec.int8.lanes}c"' in text, text
+    skip_unless_runnable(spec)
+    ex_new = codegen.compile_fused(codegen.fuse(out, target), target, default_schedule=default)
+    ex_ref = codegen.compile_fused(codegen.fuse(mod, target), target)
+    np.testing.assert_array_equal(run(ex_new, x, gate), run(ex_ref, x, gate))
+
+
 def test_dense_dequant_and_relu_clip():
     """Dense with bias + dequantize to f32 (exact: one f32 multiply), and a ReLU-clip."""
     spec = TARGETS["avx2"]

@@ -177,3 +177,50 @@ def test_layer_norm_matches_float64(fast_math):
     mean = xd.mean(-1, keepdims=True)
     ref = (xd - mean) / np.sqrt(((xd - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * g + b
     assert np.max(np.abs(got - ref)) < 2e-5 * np.max(np.abs(ref))
+
+
+def test_sigmoid_max_error_is_three_ulp_and_limits():
+    from qcompile.schedules import vector_math as vm
+
+    x = _sample(-87.0, 40.0)
+    got = _run(_build(vm.sigmoid_te), x)
+    ref = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    err = _ulps(got, ref)
+    assert err.max() <= 3.0, (err.max(), x[err.argmax()])
+    edge = np.resize(np.array([-1000.0, -100.0, 0.0, 100.0, 1000.0], np.float32), N)
+    e = _run(_build(vm.sigmoid_te), edge)[:5]
+    assert e[0] == 0 and e[1] < 1.2e-38 and e[2] == 0.5 and e[3] == 1 and e[4] == 1
+
+
+def test_tanh_max_error_is_two_ulp():
+    from qcompile.schedules import vector_math as vm
+
+    x = _sample(-12.0, 12.0)
+    tiny = np.array([1e-30, -1e-20, 1e-6, 0.0, 0.625, -0.625,
+                     np.nextafter(np.float32(0.625), 0)], np.float32)
+    x[-len(tiny):] = tiny
+    got = _run(_build(vm.tanh_te), x)
+    err = _ulps(got, np.tanh(x.astype(np.float64)))
+    assert err.max() <= 2.0, (err.max(), x[err.argmax()])
+    assert np.all(got[x == 0] == 0) and np.all(np.abs(got) <= 1)
+
+
+def test_sigmoid_and_tanh_builds_have_no_libm_calls():
+    """YOLOv8's SiLU (x * sigmoid(x)) and the LSTM gates vectorize: no scalar expf / tanhf."""
+    from tvm import relax
+
+    from qcompile import codegen, targets
+
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType((64, 64), "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            s = bb.emit(relax.op.multiply(xv, relax.op.sigmoid(xv)))
+            out = bb.emit_output(relax.op.tanh(s))
+        bb.emit_func_output(out)
+    spec = targets.detect_host()
+    fused = codegen.fuse(bb.get(), spec.tvm_target())
+    ex = codegen.compile_fused(fused, spec.tvm_target())
+    asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports)
+                  if m.kind == "llvm")
+    assert "expf" not in asm and "tanhf" not in asm

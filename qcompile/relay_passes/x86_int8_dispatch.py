@@ -54,7 +54,11 @@ _ELEMWISE = {
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
     "relax.minimum", "relax.astype", "relax.round", "relax.clip", "relax.nn.relu",
     "relax.floor", "relax.ceil", "relax.negative", "relax.abs",
+    # f32 activations between a conv's dequantize and the next quantize (SiLU, GELU, ...)
+    "relax.sigmoid", "relax.tanh", "relax.exp", "relax.erf", "relax.sqrt",
 }
+_QDQ = {"relax.quantize", "relax.dequantize"}
+_RESIZE = "relax.image.resize2d"
 _REQUANTIZE = "qcompile.requantize"
 _QADD = "qcompile.qadd"
 
@@ -87,6 +91,8 @@ class _Dispatcher(DataflowMutator):
         self.entry_cache: dict[tuple, relax.Expr] = {}
         # requantize var -> (its rounded f32 value, out_zp, clip_min, clip_max), for qadd
         self.rounded: dict[Any, tuple] = {}
+        # split var -> (its blocked tuple, [(channels, nchw shape)] per part)
+        self.region_tuples: dict[Any, tuple] = {}
         self.uses: dict[Any, int] = {}
 
     # ------------------------------------------------------------------ module driver
@@ -114,6 +120,7 @@ class _Dispatcher(DataflowMutator):
         self.deferred_pad.clear()
         self.entry_cache.clear()
         self.rounded.clear()
+        self.region_tuples.clear()
 
     # ---------------------------------------------------------------------- bindings
     def visit_var_binding_(self, binding):
@@ -129,11 +136,18 @@ class _Dispatcher(DataflowMutator):
                     handled = self._matmul(var, value)
                 elif name == "relax.nn.pad":
                     handled = self._pad(var, value)
-                elif name in _ELEMWISE or name in (_REQUANTIZE, _QADD, "relax.nn.max_pool2d"):
+                elif name in _ELEMWISE or name in _QDQ or name in (
+                        _REQUANTIZE, _QADD, "relax.nn.max_pool2d", _RESIZE):
                     handled = self._elementwise(var, value)
+                elif name == "relax.split":
+                    handled = self._split(var, value)
+                elif name == "relax.concat":
+                    handled = self._concat(var, value)
             except _Skip as why:
                 self._note(var, name, None, reason=str(why))
                 handled = False
+        elif isinstance(value, relax.TupleGetItem):
+            handled = self._tuple_item(var, value)
         if handled:
             if not isinstance(var, relax.DataflowVar) or not self.in_dataflow:
                 self._materialize(var)  # block outputs must exist as NCHW values now
@@ -341,8 +355,9 @@ class _Dispatcher(DataflowMutator):
         """An elementwise argument in the layout of `ref`, or None if it cannot follow."""
         if isinstance(arg, relax.Var) and arg in self.region:
             blk = self.region[arg]
-            if blk.channels == ref.channels and blk.lanes == ref.lanes \
-                    and blk.nchw_shape == ref.nchw_shape:
+            # same shape, or per channel ([N, C, 1, 1] broadcasts as [N, C/L, 1, 1, L])
+            if blk.channels == ref.channels and blk.lanes == ref.lanes and blk.nchw_shape in (
+                    ref.nchw_shape, (ref.nchw_shape[0], ref.channels, 1, 1)):
                 return blk.var
             return None
         if isinstance(arg, tvm.ir.expr.GenericConst):
@@ -354,19 +369,25 @@ class _Dispatcher(DataflowMutator):
         if val is not None:
             laid = packing.channel_const(val, ref.channels, ref.lanes)
             return None if laid is None else relax.const(laid)
-        if _shape(arg) == ref.nchw_shape:
+        # a same-shaped value, or a computed per-channel one (squeeze-excite gates: the
+        # [N, C, 1, 1] layout broadcasts against NCHW[L]c as [N, C/L, 1, 1, L])
+        if _shape(arg) in (ref.nchw_shape, (ref.nchw_shape[0], ref.channels, 1, 1)):
             xin, _ = self._blocked_input(arg, ref.lanes)
             return xin
         return None
 
     def _elementwise(self, var, call) -> bool:
-        ref = next((self.region[a] for a in call.args
-                    if isinstance(a, relax.Var) and a in self.region), None)
-        if ref is None:
+        blocked = [self.region[a] for a in call.args
+                   if isinstance(a, relax.Var) and a in self.region]
+        if not blocked:
             return False
+        # the operand of the output's shape leads (a broadcast gate may come first)
+        ref = next((b for b in blocked if b.nchw_shape == _shape(var)), blocked[0])
         name = call.op.name
-        # requantize's multiplier is laid out along its `axis` attribute, not broadcast
-        conv_args = call.args[:1] if name == _REQUANTIZE else call.args
+        # requantize's multiplier (quantize's, dequantize's scale and zero point) is laid
+        # out along its `axis` attribute, not broadcast
+        conv_args = (call.args[:1] if name in (_REQUANTIZE, _RESIZE) or name in _QDQ
+                     else call.args)
         args = [self._region_arg(a, ref) for a in conv_args]
         if any(a is None for a in args):
             return False
@@ -376,6 +397,10 @@ class _Dispatcher(DataflowMutator):
             expr = self._qadd(call, args, ref)
         elif name == "relax.nn.max_pool2d":
             expr = self._max_pool(call, args, ref)
+        elif name in _QDQ:
+            expr = self._qdq(call, args, ref)
+        elif name == _RESIZE:
+            expr = self._resize(call, args, ref)
         else:
             expr = relax.Call(call.op, args, call.attrs, call.ty_args)
         if expr is None:
@@ -413,6 +438,127 @@ class _Dispatcher(DataflowMutator):
         self._last_rounded = (self.builder_.emit(relax.op.round(x)), out_zp, lo, hi)
         return self.builder_.call_te(region_ops.requantize_tail, x, zp, lo_c, hi_c, out_dtype,
                                      primfunc_name_hint="requantize")
+
+    def _qdq(self, call, args, ref):
+        """relax.quantize / dequantize with constant (per-tensor or per-channel along axis 1)
+        scale and zero point, as `region_ops.quantize` / `dequantize`."""
+        axis = int(_pyval(_attr(call, "axis", 1)))
+        laid = []
+        for arg, dt in ((call.args[1], np.float32), (call.args[2], np.int32)):
+            v = self._const(arg)
+            if v is None:
+                return None
+            v = np.asarray(v)
+            if v.size > 1:
+                if axis not in (1, -3):
+                    return None
+                v = v.reshape(1, -1, 1, 1)
+            else:
+                v = v.reshape(())
+            lv = packing.channel_const(v.astype(dt), ref.channels, ref.lanes)
+            if lv is None:
+                return None
+            laid.append(relax.const(lv))
+        out_dtype = str(_attr(call, "out_dtype"))
+        if call.op.name == "relax.dequantize":
+            if out_dtype != "float32":
+                return None
+            return self.builder_.call_te(region_ops.dequantize, args[0], *laid,
+                                         primfunc_name_hint="dequantize")
+        if out_dtype not in ("uint8", "int8") or _dtype(call.args[0]) != "float32":
+            return None
+        return self.builder_.call_te(region_ops.quantize, args[0], *laid, out_dtype,
+                                     primfunc_name_hint="quantize")
+
+    def _resize(self, call, args, ref):
+        """relax.image.resize2d of an NCHW region value, in NCHW[L]c (TOPI's resize indexes
+        blocked layouts; nearest copies, linear interpolates per element: the same values)."""
+        a = call.attrs
+        size = call.args[1]
+        if str(a.layout) != "NCHW" or not isinstance(size, relax.ShapeExpr):
+            return None
+        return relax.op.image.resize2d(
+            args[0], [int(v) for v in size.values], roi=[float(r) for r in a.roi],
+            layout=f"NCHW{ref.lanes}c", method=str(a.method),
+            coordinate_transformation_mode=str(a.coordinate_transformation_mode),
+            rounding_method=str(a.rounding_method), cubic_alpha=float(a.cubic_alpha),
+            cubic_exclude=int(a.cubic_exclude), extrapolation_value=float(a.extrapolation_value),
+            out_dtype=a.out_dtype if a.out_dtype is not None and str(a.out_dtype) else None)
+
+    def _split(self, var, call) -> bool:
+        """A channel split of a region value at multiples of the block: a blocked split."""
+        x = call.args[0]
+        if not (isinstance(x, relax.Var) and x in self.region):
+            return False
+        blk = self.region[x]
+        if int(_pyval(_attr(call, "axis"))) % 4 != 1:
+            return False
+        ios = _attr(call, "indices_or_sections")
+        if isinstance(ios, (tvm.tirx.IntImm, int)):
+            n = int(ios)
+            if blk.channels % n:
+                return False
+            idx = [blk.channels // n * k for k in range(1, n)]
+        else:
+            idx = [int(i) for i in ios]
+        if not idx or any(i % blk.lanes or not 0 < i < blk.channels for i in idx):
+            return False
+        shapes = []
+        for f in getattr(var.ty, "fields", None) or []:
+            try:
+                shapes.append(tuple(int(d) for d in f.shape))
+            except (AttributeError, TypeError, ValueError):
+                return False
+        if len(shapes) != len(idx) + 1 or any(len(s) != 4 for s in shapes):
+            return False
+        bounds = [0, *idx, blk.channels]
+        parts = [(bounds[k + 1] - bounds[k], shapes[k]) for k in range(len(shapes))]
+        tv = self.builder_.emit(
+            relax.op.split(blk.var, [i // blk.lanes for i in idx], axis=1),
+            name_hint=f"{var.name}_nchw{blk.lanes}c")
+        self.region_tuples[var] = (tv, parts)
+        self.deferred[var] = lambda: relax.Call(call.op, [self._use(x)], call.attrs,
+                                                call.ty_args)
+        return True
+
+    def _tuple_item(self, var, item) -> bool:
+        tup = item.tuple_value
+        if not (isinstance(tup, relax.Var) and tup in self.region_tuples):
+            return False
+        tv, parts = self.region_tuples[tup]
+        channels, shape = parts[int(item.index)]
+        self._record(var, relax.TupleGetItem(tv, int(item.index)), channels, shape)
+        return True
+
+    def _concat(self, var, call) -> bool:
+        """A channel concat with a region value among its inputs, every input but the last a
+        whole number of blocks: a blocked concat (the others enter through `to_nchwc`)."""
+        tup = call.args[0]
+        if isinstance(tup, relax.Var) and isinstance(self.bound.get(tup), relax.Tuple):
+            tup = self.bound[tup]
+        if not isinstance(tup, relax.Tuple) or int(_pyval(_attr(call, "axis"))) % 4 != 1:
+            return False
+        fields = list(tup.fields)
+        if not any(isinstance(f, relax.Var) and f in self.region for f in fields):
+            return False
+        out_shape = _shape(var)
+        chans = []
+        for f in fields:
+            if isinstance(f, relax.Var) and f in self.region:
+                blk = self.region[f]
+                if blk.lanes != self.lanes:
+                    return False
+                chans.append(blk.channels)
+            else:
+                shp = _shape(f)
+                if shp is None or len(shp) != 4:
+                    return False
+                chans.append(shp[1])
+        if out_shape is None or any(c % self.lanes for c in chans[:-1]):
+            return False
+        parts = [self._blocked_input(f, self.lanes)[0] for f in fields]
+        self._record(var, relax.op.concat(parts, axis=1), sum(chans), out_shape)
+        return True
 
     def _qadd(self, call, args, ref):
         a, b = args

@@ -1,4 +1,4 @@
-"""Vectorizable f32 `exp`, `erf` and `softmax` for the exact (default, not `--fast-math`) build.
+"""Vectorizable f32 `exp`, `erf`, `sigmoid`, `tanh` and `softmax` for the exact (default, not `--fast-math`) build.
 
 TVM lowers `tirx.exp` / `tirx.erf` to `llvm.exp.*` / `erff`, which LLVM can only scalarize
 into one libm call per element: BERT's GELU ran its `erf` as scalar calls in the FFN1
@@ -14,6 +14,11 @@ rounded result, so the default build stays accurate while running 16 lanes at a 
   polynomials in `|x| - centre` on [0.5, 1.4), [1.4, 2.5), [2.5, 3.92) (degrees 12, 12, 10,
   least-squares fits on Chebyshev nodes); 1 beyond. Max error **<= 2 ulp** over the whole
   range (measured: 1.6 ulp near 0.5, <= 1.1 ulp elsewhere).
+* `sigmoid(x)` = `1 / (1 + exp(-x))` with that `exp`: **<= 3 ulp** where the result is a
+  normal f32 (x >= -87.3; measured 2.4), 0 below (YOLOv8's 58 SiLUs ran one libm `expf` per element).
+* `tanh(x)`: Cephes' odd degree-11 polynomial for |x| < 0.625, `1 - 2 / (exp(2|x|) + 1)`
+  above (clamped at |x| = 9, where tanh is 1 in f32): **<= 2 ulp** (measured 1.3; LSTM / GRU
+  gates).
 * `softmax(x, axis)`: max-subtracted, with this `exp`, summed in f32 and divided (the same
   formula as TVM's `topi.nn.softmax`); over the last axis the max and the sum are
   lane-split (`_lane_reduce`), so the generic schedule vectorizes along the row instead of
@@ -22,8 +27,8 @@ rounded result, so the default build stays accurate while running 16 lanes at a 
   lane-split sums), normalized, scaled, shifted.
 
 `legalize_map(fast_math)` gives the `relax.transform.LegalizeOps` overrides; `codegen`
-installs softmax / layer norm for every CPU build and exp / erf unless `--fast-math` (which
-uses TVM's own, less accurate approximations of those).
+installs softmax / layer norm / sigmoid for every CPU build and exp / erf / tanh unless
+`--fast-math` (which uses TVM's own, less accurate approximations of those).
 """
 from __future__ import annotations
 
@@ -109,6 +114,36 @@ def erf(x):
         big = tirx.Select(a < _c(bound), _horner(coefs, a - _c(centre)), big)
     big = tirx.Select(x < _c(0.0), _c(0.0) - big, big)
     return tirx.Select(a < _c(ERF_SMALL_BOUND), small, big)
+
+
+def sigmoid(x):
+    """f32 `1 / (1 + e^-x)` with the `exp` above (<= 3 ulp where the result is a normal
+    f32, x >= -87.3; 0 below, where the true value is under 1.2e-38)."""
+    return _c(1.0) / (_c(1.0) + exp(_c(0.0) - x))
+
+
+# tanh (Cephes tanhf): odd polynomial below 0.625, 1 - 2 / (e^2|x| + 1) above
+TANH_SMALL_BOUND = 0.625
+_TANH_POLY = (-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1,
+              -3.33332819422e-1)
+
+
+def tanh(x):
+    """f32 `tanh(x)` (<= 2 ulp) from vectorizable operations; +-1 beyond |x| = 9."""
+    a = tirx.abs(x)
+    z = x * x
+    small = _fma(x * z, _horner(_TANH_POLY, z), x)
+    big = _c(1.0) - _c(2.0) / (exp(tirx.min(a, _c(9.0)) * _c(2.0)) + _c(1.0))
+    big = tirx.Select(x < _c(0.0), _c(0.0) - big, big)
+    return tirx.Select(a < _c(TANH_SMALL_BOUND), small, big)
+
+
+def sigmoid_te(x: te.Tensor) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: sigmoid(x[i]), name="vsigmoid")
+
+
+def tanh_te(x: te.Tensor) -> te.Tensor:
+    return te.compute(x.shape, lambda *i: tanh(x[i]), name="vtanh")
 
 
 def exp_te(x: te.Tensor) -> te.Tensor:
@@ -236,6 +271,18 @@ def _legalize_erf(bb, call):
     return bb.call_te(erf_te, call.args[0], primfunc_name_hint="verf")
 
 
+def _legalize_sigmoid(bb, call):
+    if not _is_f32(call):
+        return _tvm_default(bb, call)
+    return bb.call_te(sigmoid_te, call.args[0], primfunc_name_hint="vsigmoid")
+
+
+def _legalize_tanh(bb, call):
+    if not _is_f32(call):
+        return _tvm_default(bb, call)
+    return bb.call_te(tanh_te, call.args[0], primfunc_name_hint="vtanh")
+
+
 def _legalize_softmax(bb, call):
     if not _is_f32(call):
         return _tvm_default(bb, call)
@@ -244,10 +291,13 @@ def _legalize_softmax(bb, call):
 
 
 def legalize_map(fast_math: bool = False) -> dict:
-    """`LegalizeOps(customize_legalize_map=...)` entries for CPU builds: softmax and layer
-    norm always (lane-split reductions); exp and erf for the exact build only (`--fast-math`
-    keeps TVM's own approximations of those)."""
-    out = {"relax.nn.softmax": _legalize_softmax, "relax.nn.layer_norm": _legalize_layer_norm}
+    """`LegalizeOps(customize_legalize_map=...)` entries for CPU builds: softmax, layer
+    norm (lane-split reductions) and sigmoid always; exp, erf and tanh for the exact build
+    only (`--fast-math` keeps TVM's own approximations of those)."""
+    out = {"relax.nn.softmax": _legalize_softmax, "relax.nn.layer_norm": _legalize_layer_norm,
+           # TVM's fast-math transform has no sigmoid: ours in both builds
+           "relax.sigmoid": _legalize_sigmoid}
     if not fast_math:
-        out.update({"relax.exp": _legalize_exp, "relax.erf": _legalize_erf})
+        out.update({"relax.exp": _legalize_exp, "relax.erf": _legalize_erf,
+                    "relax.tanh": _legalize_tanh})
     return out

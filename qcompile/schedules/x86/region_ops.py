@@ -8,7 +8,12 @@
   `llvm.arithmetic.fence` around both products: TVM's LLVM backend enables FP contraction (`AllowFPOpFusion = Fast`), which
   would otherwise turn `x * a_mult + y * b_mult` into an FMA and differ from the reference
   (each f32 operation rounded separately) by one LSB at rounding ties;
-* `requantize_tail`: the offset, clip and cast of a region requantize.
+* `requantize_tail`: the offset, clip and cast of a region requantize;
+* `dequantize` / `quantize`: `relax.dequantize` / `relax.quantize` (TVM's formulas:
+  `f32(x - zp) * scale`, `clip(round(x / scale) + zp)`) with their scale and zero point laid
+  out as NCHW[L]c constants, so a conv's f32 epilogue (YOLOv8's SiLU: dequantize, sigmoid,
+  multiply, quantize) stays in the region instead of leaving it through `from_nchwc` and
+  coming back through `to_nchwc`.
 
 The output stages round with `llvm.lrint` (`vcvtps2dq`) after clipping (`qops.offset_clip_cast`).
 """
@@ -61,3 +66,35 @@ qadd = functools.partial(qops.qadd_compute, lrint=True)
 # `qadd(requantize(acc), b)` with the requantized value used only by the add (exact, fewer
 # epilogue instructions: see `qops.requantized_qadd_compute`)
 requantized_qadd = functools.partial(qops.requantized_qadd_compute, lrint=True)
+
+
+def _lane_index(t: te.Tensor, i):
+    """Index a laid-out `[1, C/L, 1, 1, L]` or `[1, 1, 1, 1, 1]` constant at NCHW[L]c `i`."""
+    if int(t.shape[1]) == 1 and int(t.shape[4]) == 1:
+        return t[0, 0, 0, 0, 0]
+    return t[0, i[1], 0, 0, i[4]]
+
+
+def dequantize(x: te.Tensor, scale: te.Tensor, zp: te.Tensor) -> te.Tensor:
+    """`relax.dequantize` of an NCHW[L]c integer value: `f32(int32(x) - zp) * scale`, the
+    formula of TVM's legalization (one f32 rounding, bit-identical to it)."""
+    def fn(*i):
+        sub = x[i].astype("int32") - _lane_index(zp, i).astype("int32")
+        return sub.astype("float32") * _lane_index(scale, i)
+
+    return te.compute(x.shape, fn, name="dequantize")
+
+
+def quantize(x: te.Tensor, scale: te.Tensor, zp: te.Tensor, dtype: str) -> te.Tensor:
+    """`relax.quantize` of an NCHW[L]c f32 value: `dtype(clip(round(x / scale) + zp))` over
+    the dtype's range, as TVM's legalization computes it (a true division, half-even
+    rounding), with the output stage on `vcvtps2dq` (`qops.offset_clip_cast`, exact)."""
+    lo = tirx.const(float(tirx.min_value(dtype).value), "float32")
+    hi = tirx.const(float(tirx.max_value(dtype).value), "float32")
+
+    def fn(*i):
+        zpv = _lane_index(zp, i).astype("float32")
+        return qops.offset_clip_cast(x[i] / _lane_index(scale, i), zpv, lo, hi, dtype,
+                                     lrint=True)
+
+    return te.compute(x.shape, fn, name="quantize")
