@@ -679,14 +679,27 @@ def _silu_split_concat_graph(x, w1, b1, s1, w2, qs, qzp):
     return bb.get()
 
 
+def _dispatched_vs_plain(mod, spec, *inputs):
+    """(dispatched main's script, its outputs, the outputs of `mod` built without the
+    dispatch), both through qcompile's CPU pipeline (`codegen.fuse` / `compile_fused`: the
+    same legalizations, vector sigmoid included). `spec` must run here (`_host_x86_spec`)."""
+    from qcompile import codegen
+    from qcompile.schedules import dispatch_for
+
+    target = spec.tvm_target()
+    out, default = dispatch_for(mod, spec)
+    text = out["main"].script()
+    got = run(codegen.compile_fused(codegen.fuse(out, target), target,
+                                    default_schedule=default), *inputs)
+    ref = run(codegen.compile_fused(codegen.fuse(mod, target), target), *inputs)
+    return text, got, ref
+
+
 def test_silu_split_concat_stay_in_the_region():
     """The f32 SiLU between a conv's dequantize and the next quantize, and a channel
     split / concat at block multiples, run in NCHW[L]c (one `to_nchwc` at the entry, one
     `from_nchwc` at the exit), bit-identical to the same graph without the dispatch (TVM's
     legalization of quantize / dequantize, qcompile's vector sigmoid in both)."""
-    from qcompile import codegen
-    from qcompile.schedules import dispatch_for
-
     spec = _host_x86_spec()
     c = 48
     x = activations((1, c, 5, 6))
@@ -695,19 +708,9 @@ def test_silu_split_concat_stay_in_the_region():
     b1 = RNG.integers(-3000, 3000, c).astype(np.int32)
     s1 = (RNG.random(c) * 2e-3 + 1e-4).astype(np.float32)
     mod = _silu_split_concat_graph(x, w1, b1, s1, w2, 0.05, 128)
-    target = spec.tvm_target()
-
-    def compile_(m, default=None):
-        fused = codegen.fuse(m, target)
-        return codegen.compile_fused(fused, target, default_schedule=default)
-
-    out, default = dispatch_for(mod, spec)
-    text = out["main"].script()
+    text, got, ref = _dispatched_vs_plain(mod, spec, x)
     assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
     assert "R.dequantize" not in text and "R.quantize" not in text, text
-    skip_unless_runnable(spec)
-    got = run(compile_(out, default), x)
-    ref = run(compile_(mod), x)
     np.testing.assert_array_equal(got, ref)
     # and against numpy (its sigmoid is not qcompile's within 3 ulp: a u8 value may move by
     # one step at a rounding tie, and every accumulator using it with it)
@@ -723,9 +726,6 @@ def test_gate_and_resize_stay_in_the_region():
     """A per-channel computed gate ([1, C, 1, 1], squeeze-excite / DBNet's HardSigmoid
     attention) multiplied into a region value, then a nearest 2x resize and the quantize:
     all in NCHW[L]c, bit-identical to the graph without the dispatch."""
-    from qcompile import codegen
-    from qcompile.schedules import dispatch_for
-
     spec = _host_x86_spec()
     c = 24  # not a multiple of the block: the padded lanes ride along
     x = activations((1, c, 5, 6))
@@ -752,17 +752,11 @@ def test_gate_and_resize_stay_in_the_region():
                                           out_dtype="uint8"))
             out = bb.emit_output(relax.op.nn.conv2d(q, relax.const(w2), out_dtype="int32"))
         bb.emit_func_output(out)
-    mod = bb.get()
-    target = spec.tvm_target()
-    out, default = dispatch_for(mod, spec)
-    text = out["main"].script()
+    text, got, ref = _dispatched_vs_plain(bb.get(), spec, x, gate)
     # entries: x and the gate; one exit
     assert text.count("to_nchwc") == 2 and text.count("from_nchwc") == 1, text
-    assert 'layout="NCHW16c"' in text or f'layout="NCHW{spec.int8.lanes}c"' in text, text
-    skip_unless_runnable(spec)
-    ex_new = codegen.compile_fused(codegen.fuse(out, target), target, default_schedule=default)
-    ex_ref = codegen.compile_fused(codegen.fuse(mod, target), target)
-    np.testing.assert_array_equal(run(ex_new, x, gate), run(ex_ref, x, gate))
+    assert f'layout="NCHW{spec.int8.lanes}c"' in text, text
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_dense_dequant_and_relu_clip():

@@ -108,10 +108,9 @@ def test_softmax_matches_float64(axis):
     assert np.max(np.abs(got - ref) / ref) < 1e-6
 
 
-@pytest.mark.parametrize("fast_math", [False, True])
-def test_exact_build_has_no_libm_calls(fast_math):
-    """The default build legalizes erf/exp with the vector versions (no scalar erff/expf);
-    --fast-math keeps TVM's own approximations."""
+def _compiled_asm(expr_of, fast_math=False):
+    """(host assembly, fused function names) of a 64x64 f32 graph `expr_of(x)` built
+    through qcompile's CPU pipeline."""
     from tvm import relax
 
     from qcompile import codegen, targets
@@ -120,16 +119,25 @@ def test_exact_build_has_no_libm_calls(fast_math):
     xv = relax.Var("x", relax.TensorType((64, 64), "float32"))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            g = bb.emit(relax.op.multiply(xv, relax.op.erf(xv)))
-            out = bb.emit_output(relax.op.exp(g))
+            out = bb.emit_output(expr_of(xv))
         bb.emit_func_output(out)
     spec = targets.detect_host()
     fused = codegen.fuse(bb.get(), spec.tvm_target(), fast_math=fast_math)
     ex = codegen.compile_fused(fused, spec.tvm_target())
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports)
                   if m.kind == "llvm")
+    return asm, [gv.name_hint for gv in fused.functions]
+
+
+@pytest.mark.parametrize("fast_math", [False, True])
+def test_exact_build_has_no_libm_calls(fast_math):
+    """The default build legalizes erf/exp with the vector versions (no scalar erff/expf);
+    --fast-math keeps TVM's own approximations."""
+    from tvm import relax
+
+    asm, names = _compiled_asm(
+        lambda x: relax.op.exp(relax.op.multiply(x, relax.op.erf(x))), fast_math)
     assert "erff" not in asm and "expf" not in asm
-    names = [gv.name_hint for gv in fused.functions]
     assert any("verf" in n for n in names) != fast_math, names
 
 
@@ -209,18 +217,5 @@ def test_sigmoid_and_tanh_builds_have_no_libm_calls():
     """YOLOv8's SiLU (x * sigmoid(x)) and the LSTM gates vectorize: no scalar expf / tanhf."""
     from tvm import relax
 
-    from qcompile import codegen, targets
-
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType((64, 64), "float32"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            s = bb.emit(relax.op.multiply(xv, relax.op.sigmoid(xv)))
-            out = bb.emit_output(relax.op.tanh(s))
-        bb.emit_func_output(out)
-    spec = targets.detect_host()
-    fused = codegen.fuse(bb.get(), spec.tvm_target())
-    ex = codegen.compile_fused(fused, spec.tvm_target())
-    asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports)
-                  if m.kind == "llvm")
+    asm, _ = _compiled_asm(lambda x: relax.op.tanh(relax.op.multiply(x, relax.op.sigmoid(x))))
     assert "expf" not in asm and "tanhf" not in asm

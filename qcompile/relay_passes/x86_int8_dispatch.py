@@ -353,11 +353,13 @@ class _Dispatcher(DataflowMutator):
     # ---------------------------------------------------------------- region ops
     def _region_arg(self, arg, ref: _Blocked):
         """An elementwise argument in the layout of `ref`, or None if it cannot follow."""
+        # same shape, or per channel computed at run time (squeeze-excite gates): the
+        # [N, C, 1, 1] layout broadcasts against NCHW[L]c as [N, C/L, 1, 1, L]
+        follows = (ref.nchw_shape, (ref.nchw_shape[0], ref.channels, 1, 1))
         if isinstance(arg, relax.Var) and arg in self.region:
             blk = self.region[arg]
-            # same shape, or per channel ([N, C, 1, 1] broadcasts as [N, C/L, 1, 1, L])
-            if blk.channels == ref.channels and blk.lanes == ref.lanes and blk.nchw_shape in (
-                    ref.nchw_shape, (ref.nchw_shape[0], ref.channels, 1, 1)):
+            if blk.channels == ref.channels and blk.lanes == ref.lanes \
+                    and blk.nchw_shape in follows:
                 return blk.var
             return None
         if isinstance(arg, tvm.ir.expr.GenericConst):
@@ -369,9 +371,7 @@ class _Dispatcher(DataflowMutator):
         if val is not None:
             laid = packing.channel_const(val, ref.channels, ref.lanes)
             return None if laid is None else relax.const(laid)
-        # a same-shaped value, or a computed per-channel one (squeeze-excite gates: the
-        # [N, C, 1, 1] layout broadcasts against NCHW[L]c as [N, C/L, 1, 1, L])
-        if _shape(arg) in (ref.nchw_shape, (ref.nchw_shape[0], ref.channels, 1, 1)):
+        if _shape(arg) in follows:
             xin, _ = self._blocked_input(arg, ref.lanes)
             return xin
         return None
@@ -384,8 +384,9 @@ class _Dispatcher(DataflowMutator):
         # the operand of the output's shape leads (a broadcast gate may come first)
         ref = next((b for b in blocked if b.nchw_shape == _shape(var)), blocked[0])
         name = call.op.name
-        # requantize's multiplier (quantize's, dequantize's scale and zero point) is laid
-        # out along its `axis` attribute, not broadcast
+        # only the data follows the region: requantize's multiplier and quantize's /
+        # dequantize's scale and zero point are laid out along their `axis` attribute,
+        # resize's second argument is its output size
         conv_args = (call.args[:1] if name in (_REQUANTIZE, _RESIZE) or name in _QDQ
                      else call.args)
         args = [self._region_arg(a, ref) for a in conv_args]

@@ -138,20 +138,19 @@ def tanh(x):
     return tirx.Select(a < _c(TANH_SMALL_BOUND), small, big)
 
 
-def sigmoid_te(x: te.Tensor) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: sigmoid(x[i]), name="vsigmoid")
+def _elementwise_te(fn, name: str):
+    """The TE compute applying the scalar function `fn` to every element (block `name`)."""
+    def compute(x: te.Tensor) -> te.Tensor:
+        return te.compute(x.shape, lambda *i: fn(x[i]), name=name)
+
+    compute.__name__ = f"{fn.__name__}_te"
+    return compute
 
 
-def tanh_te(x: te.Tensor) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: tanh(x[i]), name="vtanh")
-
-
-def exp_te(x: te.Tensor) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: exp(x[i]), name="vexp")
-
-
-def erf_te(x: te.Tensor) -> te.Tensor:
-    return te.compute(x.shape, lambda *i: erf(x[i]), name="verf")
+exp_te = _elementwise_te(exp, "vexp")
+erf_te = _elementwise_te(erf, "verf")
+sigmoid_te = _elementwise_te(sigmoid, "vsigmoid")
+tanh_te = _elementwise_te(tanh, "vtanh")
 
 
 # partial reductions keep this many lanes (a multiple of every x86 vector width in f32)
@@ -259,28 +258,20 @@ def _tvm_default(bb, call):
     return tvm.ir.Op.get(call.op.name).get_attr("FLegalize")(bb, call)
 
 
-def _legalize_exp(bb, call):
-    if not _is_f32(call):
-        return _tvm_default(bb, call)
-    return bb.call_te(exp_te, call.args[0], primfunc_name_hint="vexp")
+def _unary_legalizer(te_fn, name: str):
+    """A legalization of a unary f32 op as `te_fn` (PrimFunc `name`); TVM's own otherwise."""
+    def legalize(bb, call):
+        if not _is_f32(call):
+            return _tvm_default(bb, call)
+        return bb.call_te(te_fn, call.args[0], primfunc_name_hint=name)
+
+    return legalize
 
 
-def _legalize_erf(bb, call):
-    if not _is_f32(call):
-        return _tvm_default(bb, call)
-    return bb.call_te(erf_te, call.args[0], primfunc_name_hint="verf")
-
-
-def _legalize_sigmoid(bb, call):
-    if not _is_f32(call):
-        return _tvm_default(bb, call)
-    return bb.call_te(sigmoid_te, call.args[0], primfunc_name_hint="vsigmoid")
-
-
-def _legalize_tanh(bb, call):
-    if not _is_f32(call):
-        return _tvm_default(bb, call)
-    return bb.call_te(tanh_te, call.args[0], primfunc_name_hint="vtanh")
+_legalize_exp = _unary_legalizer(exp_te, "vexp")
+_legalize_erf = _unary_legalizer(erf_te, "verf")
+_legalize_sigmoid = _unary_legalizer(sigmoid_te, "vsigmoid")
+_legalize_tanh = _unary_legalizer(tanh_te, "vtanh")
 
 
 def _legalize_softmax(bb, call):
