@@ -390,10 +390,12 @@ def test_depthwise(target, stride, pad):
 
 @pytest.mark.parametrize("target", DW_TARGETS)
 @pytest.mark.parametrize("pool,stride,pad", [((3, 3), (2, 2), (1, 1)), ((2, 2), (2, 2), (0, 0)),
-                                             ((3, 3), (1, 1), (1, 1))])
+                                             ((3, 3), (1, 1), (1, 1)), ((2, 2), (1, 1), (2, 2))])
 def test_max_pool_template(target, pool, stride, pad):
-    """The NCHW[L]c max-pool template (pad stage with the dtype minimum): bit-exact vs numpy
-    for C=20 (not a multiple of the lanes), values 0 and 255 included, inside a region."""
+    """The NCHW[L]c max-pool template: bit-exact vs numpy for C=20 (not a multiple of the
+    lanes), values 0 and 255 included, inside a region; clamped window indices where every
+    window holds an image element, a pad stage with the dtype minimum where one does not
+    (pad >= pool: windows entirely in the padding give 0)."""
     spec = TARGETS[target]
     c, h, wd = 20, 13, 11
     x = activations((1, c, h, wd))
@@ -410,6 +412,7 @@ def test_max_pool_template(target, pool, stride, pad):
         bb.emit_func_output(out)
     ex, mod, _ = build(bb.get(), spec)
     assert "max_pool_nchwc" in mod["main"].script()
+    assert ("pool_pad" in mod.script()) == (pad[0] >= pool[0])
     skip_unless_runnable(spec)
     acc = conv_ref(x, w)
     q = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8, (1, -1, 1, 1))

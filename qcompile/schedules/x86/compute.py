@@ -143,8 +143,9 @@ def depthwise_nchwc(data: te.Tensor, kernel: te.Tensor, strides=(1, 1), padding=
 
 def max_pool_nchwc(data: te.Tensor, pool=(3, 3), strides=(2, 2), padding=(0, 0, 0, 0),
                    dilation=(1, 1)) -> te.Tensor:
-    """Max-pool of an NCHW[L]c integer tensor (floor mode). The padding is its own stage with
-    the dtype's minimum (what TVM's pool pads with, and the identity of max), so the
+    """Max-pool of an NCHW[L]c integer tensor (floor mode). Without dilation, and with every
+    window holding an image element, the window reads clamped indices (no pad stage);
+    otherwise the padding is its own stage with the dtype's minimum (what TVM's pool pads with, and the identity of max), so the
     window reduction has no bounds test and vectorizes over the lanes; TVM's own legalized
     pool inlined an `if_then_else` into it and ran scalar (ResNet-50's 3x3 s2 max-pool:
     140 us vs OpenVINO's 45, AVX-512 VNNI)."""
@@ -152,6 +153,23 @@ def max_pool_nchwc(data: te.Tensor, pool=(3, 3), strides=(2, 2), padding=(0, 0, 
     kh, kw = pool
     sh, sw = strides
     dh, dw = dilation
+    top, left, bottom, right = padding
+    if (dh, dw) == (1, 1) and max(top, bottom) < kh and max(left, right) < kw:
+        # every window holds a real element, and (dilation 1) the window is a run of rows /
+        # columns: an index clamped into the image lands on an element of the same window,
+        # so max over clamped indices == max over the padded image. No pad stage: the pad
+        # pass over the whole input cost 4x the pool itself (ResNet-50: 522 us vs 128 us for
+        # OpenVINO, AVX2 Zen 3).
+        oh = (h + top + bottom - kh) // sh + 1
+        ow = (w + left + right - kw) // sw + 1
+        r_kh, r_kw = te.reduce_axis((0, kh), "kh"), te.reduce_axis((0, kw), "kw")
+        return te.compute(
+            (n, cc, oh, ow, lanes),
+            lambda b, c, y, x, l: te.max(
+                data[b, c, tirx.max(tirx.min(y * sh + r_kh - top, h - 1), 0),
+                     tirx.max(tirx.min(x * sw + r_kw - left, w - 1), 0), l],
+                axis=[r_kh, r_kw]),
+            name="max_pool_nchwc", attrs=_attrs("max_pool", None))
     lowest = int(tvm.tirx.min_value(data.dtype).value)
     dpad, oh, ow, r_kh, r_kw = _sliding_window(data, kh, kw, strides, padding, dilation,
                                                lowest, name="pool_pad")
