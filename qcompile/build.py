@@ -44,6 +44,9 @@ class BuildConfig:
                            "TVM RPC servers registered with this tracker (`qcompile rpc`); "
                            "candidates are built here")
     key: str | None = flag(None, help="device key of the RPC servers to measure on (--rpc)")
+    winograd: bool = flag(True, help="3x3 stride-1 int8 convs as exact integer Winograd "
+                          "F(2x2, 3x3) where the target file allows it and the direct kernel "
+                          "would be the widened one (--no-winograd: direct kernels only)")
     pretuned: bool = flag(True, help="use the pre-tuned database shipped for the target "
                           "(qcompile/pretuned/) for kernels --tuning-db has no record of "
                           "(--no-pretuned: off)")
@@ -92,11 +95,15 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     table = precision_table(mod, imported, ctx)
     dispatch_report: list = []
     fallbacks = FallbackLog()
-    mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report, fallbacks)
+    mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report, fallbacks,
+                                            winograd=config.winograd)
     int8_kernels = _summarize_dispatch(dispatch_report)
     if int8_kernels["by_variant"]:
+        wino = int8_kernels["by_kernel"].get("conv2d_winograd_nchwc", 0)
         _log("qcompile: int8 kernels by dot-product variant: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(int8_kernels["by_variant"].items())), quiet)
+            f"{k} {v}" for k, v in sorted(int8_kernels["by_variant"].items()))
+            + (f" ({wino} of them 3x3 convs as exact Winograd F(2x2, 3x3))" if wino else ""),
+            quiet)
     fused, kernel_map = codegen.fuse_with_map(mod, target, config.fast_math)
     database, tune_summary = None, None
     if config.tuning_db:
@@ -196,13 +203,16 @@ def _summarize_dispatch(report: list) -> dict:
     (vnni; widen/widen16: exact widened s16; fast: saturating vpmaddubsw pair, chosen only
     where the layer's weights provably cannot saturate), or why it was left alone."""
     by_variant: dict[str, int] = {}
+    by_kernel: dict[str, int] = {}
     for e in report:
         if "left_alone" not in e:
             by_variant[e.get("variant") or "?"] = by_variant.get(e.get("variant") or "?", 0) + 1
-    return {"by_variant": by_variant, "ops": report}
+            by_kernel[e.get("kernel") or "?"] = by_kernel.get(e.get("kernel") or "?", 0) + 1
+    return {"by_variant": by_variant, "by_kernel": by_kernel, "ops": report}
 
 
-def _dispatch_kernels(mod, spec, report: list | None = None, fallbacks=None):
+def _dispatch_kernels(mod, spec, report: list | None = None, fallbacks=None,
+                      winograd: bool = True):
     """Rewrite integer ops into the target's kernel templates; returns (mod, default-schedule
     function for those templates or None); `report` receives the x86 dispatch entries."""
     from . import schedules
@@ -214,7 +224,7 @@ def _dispatch_kernels(mod, spec, report: list | None = None, fallbacks=None):
     dispatch = getattr(schedules, "dispatch_for", None)
     if dispatch is None:
         return mod, None
-    return dispatch(mod, spec, report=report, fallbacks=fallbacks)
+    return dispatch(mod, spec, report=report, fallbacks=fallbacks, winograd=winograd)
 
 
 def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:

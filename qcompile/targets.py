@@ -34,9 +34,13 @@ class Int8Capability:
     # weights, with which a `widen` target's kernels may use the saturating vpmaddubsw pair
     # (proven exact per layer at build time); "none" where the dot product cannot saturate
     ptq_overflow_fix: str = "none"
+    # 3x3 stride-1 convs as exact integer Winograd ("f2x2_3x3": schedules/x86/winograd.py)
+    # where the s16 GEMM beats the direct kernel (targets without VNNI), or "none"
+    winograd: str = "none"
 
 
 FAMILIES = ("x86", "opencl")
+WINOGRAD_KINDS = ("none", "f2x2_3x3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +134,9 @@ def _parse(path: Path) -> TargetSpec:
         if not isinstance(v, int if f.type == "int" else str) or isinstance(v, bool):
             raise TargetError(f"target file {path} has a field of the wrong type or value: "
                               f"int8.{f.name} = {v!r} should be {f.type}")
+    if spec.int8.winograd not in WINOGRAD_KINDS:
+        raise TargetError(f"target file {path}: int8.winograd = {spec.int8.winograd!r}; "
+                          f"expected one of {', '.join(WINOGRAD_KINDS)}")
     if spec.int8.lanes <= 0 or spec.int8.reduce <= 0 or spec.vector_bits <= 0:
         raise TargetError(f"target file {path}: int8.lanes, int8.reduce and cpu.vector_bits "
                           "must be positive")

@@ -105,13 +105,16 @@ def activations(shape, zp_extreme=True):
     return x
 
 
-def build(mod, spec, expect_variants=None, allow_fast=True, variant=None):
+def build(mod, spec, expect_variants=None, allow_fast=True, variant=None, winograd=None):
     """Dispatch + fuse + default schedules + compile. `variant` "widen"/"widen16" forces
-    that exact kernel (otherwise the dispatch picks per op)."""
+    that exact kernel (otherwise the dispatch picks per op); a forced variant tests the
+    direct templates, so Winograd is off unless `winograd` says otherwise."""
     report = []
     exact = variant if variant in ("widen", "widen16") else None
+    if winograd is None:
+        winograd = variant is None
     out = disp.dispatch(mod, spec, allow_saturating_fast=allow_fast, report=report,
-                        exact_variant=exact)
+                        exact_variant=exact, winograd=winograd)
     kernels = [r for r in report if "left_alone" not in r]
     if expect_variants is not None:
         assert kernels, report
@@ -251,11 +254,13 @@ def _run_dense_direct(spec, info, x, w):
 _CACHE: dict = {}
 
 
-def _conv_case(path):
+def _conv_case(path, winograd=False):
     """3x3, stride 1, zero point 255 padding via R.nn.pad, C not a multiple of 16,
-    requantize to u8 with a ReLU clip."""
-    if ("conv", path) in _CACHE:
-        return _CACHE[("conv", path)]
+    requantize to u8 with a ReLU clip; `winograd`: the same conv as exact Winograd
+    F(2x2, 3x3) (9 x 11 outputs: odd tile rows and columns)."""
+    key = ("winograd" if winograd else "conv", path)
+    if key in _CACHE:
+        return _CACHE[key]
     spec = TARGETS[path[0]]
     n, ic, h, wd, oc = 1, 20, 9, 11, 24
     zp = 255
@@ -271,12 +276,15 @@ def _conv_case(path):
             acc = bb.emit(relax.op.nn.conv2d(p, relax.const(w), out_dtype="int32"))
             out = bb.emit_output(emit_requant(bb, acc, bias, mult, 3, lo=3))
         bb.emit_func_output(out)
-    ex, _, _ = build(bb.get(), spec, expect_variants={path[1]}, variant=path[1])
+    ex, _, report = build(bb.get(), spec, expect_variants={path[1]},
+                          variant=None if winograd else path[1], winograd=winograd)
+    want = "conv2d_winograd_nchwc" if winograd else "conv2d_nchwc"
+    assert [r["kernel"] for r in report] == [want], report
     acc_ref = conv_ref(x, w, padding=(1, 1, 1, 1), pad_value=zp)
     ref = requant_ref(acc_ref + bias.reshape(1, -1, 1, 1), mult, 3, 3, 255, np.uint8,
                       (1, -1, 1, 1))
-    _CACHE[("conv", path)] = (spec, ex, (x,), ref)
-    return _CACHE[("conv", path)]
+    _CACHE[key] = (spec, ex, (x,), ref)
+    return _CACHE[key]
 
 
 def _dense_case(path):
@@ -320,13 +328,23 @@ def _bmm_case(path):
     return _CACHE[("bmm", path)]
 
 
-CASES = {"conv2d": _conv_case, "dense": _dense_case, "batch_matmul": _bmm_case}
+CASES = {"conv2d": _conv_case, "dense": _dense_case, "batch_matmul": _bmm_case,
+         "winograd": lambda path: _conv_case(path, winograd=True)}
 
 
-# every template x code path; a run-time right operand (batch-matmul) is never proven
-# safe for the saturating kernel, so that combination does not exist
+def _has_path(template, path) -> bool:
+    """A run-time right operand (batch-matmul) is never proven safe for the saturating
+    kernel; Winograd exists on the targets whose file says so, as an s16 (widen16) GEMM."""
+    if template == "batch_matmul":
+        return path[1] != "fast"
+    if template == "winograd":
+        return TARGETS[path[0]].int8.winograd != "none" and path[1] == "widen16"
+    return True
+
+
+# every template x code path
 TEMPLATE_PATHS = [pytest.param(t, p, id=f"{t}-{p[0]}-{p[1]}") for t in sorted(CASES)
-                  for p in PATHS if not (t == "batch_matmul" and p[1] == "fast")]
+                  for p in PATHS if _has_path(t, p)]
 
 
 @pytest.mark.parametrize("template,path", TEMPLATE_PATHS)

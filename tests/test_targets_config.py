@@ -70,6 +70,8 @@ def test_durations():
     (lambda t: t.replace('name = "avx2"', ""), "lacks the field 'name'"),
     (lambda t: t.replace('family = "x86"', 'family = "arm"'), "family = 'arm'"),
     (lambda t: t.replace("lanes = 8", 'lanes = "eight"'), "wrong type or value"),
+    (lambda t: t.replace('winograd = "f2x2_3x3"', 'winograd = "f4x4_3x3"'),
+     "int8.winograd = 'f4x4_3x3'"),
     (lambda t: t.replace("lanes = 8", "lanes = 0"), "must be positive"),
 ])
 def test_malformed_target_file_is_a_target_error(tmp_path, monkeypatch, edit, message):

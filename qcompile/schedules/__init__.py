@@ -12,7 +12,7 @@ for them.
 from __future__ import annotations
 
 
-def dispatch_for(mod, spec, report: list | None = None, fallbacks=None):
+def dispatch_for(mod, spec, report: list | None = None, fallbacks=None, winograd: bool = True):
     """(rewritten module, default_schedule) for `spec`'s int8 kernels.
 
     `default_schedule(fused_mod, target) -> fused_mod` schedules the fused PrimFuncs that hold
@@ -20,7 +20,7 @@ def dispatch_for(mod, spec, report: list | None = None, fallbacks=None):
     `MetaScheduleApplyDatabase` and before a generic scheduler. `report`, if given, receives
     one entry per integer op (its kernel and intrinsic variant, or why it was left alone);
     `fallbacks` (a `qcompile.fallbacks.FallbackLog`) every kernel whose template schedule
-    did not apply.
+    did not apply. `winograd=False` keeps 3x3 stride-1 convs on the direct kernels.
     Targets without int8 kernel templates here get `(mod, None)`."""
     if spec.family != "x86":
         return mod, None
@@ -28,7 +28,7 @@ def dispatch_for(mod, spec, report: list | None = None, fallbacks=None):
 
     from .x86 import schedule
 
-    out = x86_int8_dispatch.dispatch(mod, spec, report=report)
+    out = x86_int8_dispatch.dispatch(mod, spec, report=report, winograd=winograd)
 
     def default_schedule(fused, target=None):
         return schedule.apply_default_schedules(fused, spec, fallbacks=fallbacks)

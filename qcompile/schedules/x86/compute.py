@@ -36,6 +36,7 @@ RULES = {
     "dense": "qcompile_x86_dense_int8",
     "batch_matmul": "qcompile_x86_batch_matmul_int8",
     "max_pool": "qcompile_x86_max_pool_nchwc",
+    "winograd": "qcompile_x86_conv2d_winograd_int8",
 }
 INTRIN_ATTR = "qcompile.dot_intrin"
 

@@ -169,9 +169,11 @@ def _split_epilogue(sch: Schedule, main):
     return [sch.get_sblock(n) for n in remaining]
 
 
-def _prologue(sch: Schedule, main, threads: int, at_root: bool = True) -> list:
-    """Inline producer chains before `main`; schedule the direct producers at the root
-    (unless not `at_root`: the op's schedule then places them itself). Returns them."""
+def _prologue(sch: Schedule, main, threads: int, at_root: bool = True,
+              inline: bool = True) -> list:
+    """Inline producer chains before `main` (unless not `inline`); schedule the direct
+    producers at the root (unless not `at_root`: the op's schedule then places them
+    itself). Returns the producers kept, in order."""
     blocks = _all_blocks(sch)
     names = [_block_name(sch, b) for b in blocks]
     main_name = _block_name(sch, main)
@@ -180,7 +182,7 @@ def _prologue(sch: Schedule, main, threads: int, at_root: bool = True) -> list:
     kept = []
     for name in before:
         blk = sch.get_sblock(name)
-        if name not in direct:
+        if name not in direct and inline:
             try:
                 sch.compute_inline(blk)
                 continue
@@ -393,6 +395,94 @@ def _schedule_matmul(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool
     sch.unroll(jb_i)
 
 
+def _winograd_tile(n_oc: int, n_tx: int, vregs: int) -> tuple[int, int]:
+    """(oc_i, tx_i) of the Winograd GEMM's register tile: 2 output-channel blocks (4 with 32
+    registers) by a run of 4 tiles, or 7 (or the largest divisor <= 7) when 4 does not
+    divide the tile row. Measured on Zen 3 (AVX2, 2 threads, interleaved): 2 x 4 beat 4 x 2,
+    8 x 1 and 3 x 4 (e.g. 64->64 @56: 641 vs 789 / 900 / 1293 us); on a 7-tile row 2 x 7
+    (14 accumulators, a few spilled) beat 1 x 7 and 2 x 1 (256->256 @14: 645 vs 716 / 900 us)."""
+    want = 4 if vregs >= 32 else 2
+    oci = _best_divisor(n_oc, want)
+    txi = 4 if n_tx % 4 == 0 else _best_divisor(n_tx, 7)
+    return oci, txi
+
+
+def _winograd_chunks(n_ty: int, n_occ: int, v_bytes: int, u_bytes: int, threads: int,
+                     oci: int) -> tuple[int, int]:
+    """(band, groups): a parallel chunk computes `band` rows of 2x2 tiles for one of `groups`
+    output-channel groups. Every chunk reads its group's s16 weights once and needs its
+    band's transformed input (recomputed per group), so the memory traffic per call is about
+    `u_bytes * n_ty / band + v_bytes * groups`: the smallest such choice with >= 4 chunks per
+    thread. Early layers (large V, small U) get one tile row per chunk, late ones (U of
+    several MiB) one channel group each over the whole image."""
+    best, key = (1, 1), None
+    for band in _divisors(n_ty):
+        for groups in _divisors(n_occ // oci):
+            if (n_ty // band) * groups < 4 * threads:
+                continue
+            k = u_bytes * (n_ty // band) + v_bytes * groups
+            if key is None or k < key:
+                best, key = (band, groups), k
+    return best
+
+
+def _schedule_winograd(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool, epilogue,
+                       threads: int, producers: list, tiles: dict | None = None) -> None:
+    """Winograd F(2x2, 3x3) (`winograd.py`), scheduled from its output. Chunks of (`band`
+    rows of 2x2 tiles, output-channel group) run in parallel (`_winograd_chunks`). A chunk
+    computes, for each of the 16 positions and each `oc_i` channel blocks, the GEMM over the
+    input channels for all its tiles, `tx_i x oc_i` s32 accumulators at a time in registers
+    (`widen16`: `vpmaddwd`), so the position's weights stay in L1 across the tiles; then the
+    output transform and the fused epilogue run on its outputs. The input transform is
+    computed per chunk when there is one channel group, else once at the root. (The output
+    indexes the GEMM by y // 2, which `reverse_compute_at` cannot invert: the GEMM is
+    computed at the output's chunk loop instead.)"""
+    if len(epilogue) != 1:
+        raise ValueError(f"winograd: {len(epilogue)} output blocks (expects one)")
+    out = epilogue[0]
+    pad, vstage = producers
+    _, oc, ty, tx, _, _, _, icc, icq, _ = sch.get_loops(main)
+    n_oc, n_ty, n_tx = _ext(sch, oc), _ext(sch, ty), _ext(sch, tx)
+    oci, txi = _winograd_tile(n_oc, n_tx, _num_vregs(info.lanes))
+    v_bytes = _buffer_bytes(sch.get(vstage).writes[0].source)
+    u_bytes = _buffer_bytes(sch.get(main).reads[1].source)
+    band, og = _winograd_chunks(n_ty, n_oc, v_bytes, u_bytes, threads, oci)
+    if tiles:
+        oci, txi = tiles.get("oc", oci), tiles.get("x", txi)
+        band, og = tiles.get("band", band), tiles.get("groups", og)
+    b, c, y, x, lane = sch.get_loops(out)
+    y_t, y_i = sch.split(y, [None, 2])
+    x_o, x_i = sch.split(x, [None, 2])
+    y_o, y_m = _tile(sch, y_t, 2, tune, [n_ty // band, band], 16)
+    c_o, c_i = _tile(sch, c, 2, tune, [og, n_oc // og], 64)
+    sch.reorder(b, y_o, c_o, y_m, x_o, c_i, y_i, x_i, lane)
+    par = sch.fuse(b, y_o, c_o)
+    sch.parallel(par)
+    sch.vectorize(lane)
+    for lp in (y_i, x_i):
+        sch.unroll(lp)
+    sch.compute_at(main, par, preserve_unit_loops=True)
+    one_group = _ext(sch, sch.get_loops(main)[-9]) == n_oc
+    if one_group:
+        sch.compute_at(vstage, par, preserve_unit_loops=True)
+        vloops = sch.get_loops(vstage)
+        sch.unroll(vloops[-2])
+        sch.unroll(vloops[-3])
+        sch.vectorize(vloops[-1])
+    else:
+        _root_injective(sch, vstage, threads)
+    g_oc, g_ty, g_tx, g_xi, g_nu, g_ob, g_icc, g_icq, g_ic4 = sch.get_loops(main)[-9:]
+    oc_m, oc_i = _tile(sch, g_oc, 2, tune, [_ext(sch, g_oc) // oci, oci], 8)
+    tx_o, tx_i = _tile(sch, g_tx, 2, tune, [n_tx // txi, txi], 8)
+    sch.reorder(g_xi, g_nu, oc_m, g_ty, tx_o, g_icc, g_icq, tx_i, oc_i, g_ob, g_ic4)
+    init = sch.decompose_reduction(main, g_icc)
+    _vectorize_innermost(sch, init)
+    sch.tensorize(g_ob, info.name)
+    for lp in (tx_i, oc_i):
+        sch.unroll(lp)
+    _root_injective(sch, pad, threads)
+
+
 # --------------------------------------------------------------------------- entry points
 def schedule_fused(sch: Schedule, block=None, tune: bool = False,
                    tiles: dict | None = None) -> Schedule:
@@ -403,13 +493,17 @@ def schedule_fused(sch: Schedule, block=None, tune: bool = False,
         raise ValueError("no qcompile int8 block (schedule_rule annotation) in this function")
     main, op, intrin = found
     threads = _threads()
-    producers = _prologue(sch, main, threads, at_root=op != "depthwise")
+    producers = _prologue(sch, main, threads, at_root=op not in ("depthwise", "winograd"),
+                          inline=op != "winograd")
     epilogue = _split_epilogue(sch, main)
     if op == "conv2d":
         _schedule_conv(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads, tiles)
     elif op == "depthwise":
         _schedule_depthwise(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads,
                             producers, tiles)
+    elif op == "winograd":
+        _schedule_winograd(sch, main, intrinsics.by_name(intrin), tune, epilogue, threads,
+                           producers, tiles)
     elif op == "max_pool":
         _schedule_max_pool(sch, main, epilogue)
     elif op in ("dense", "batch_matmul"):
