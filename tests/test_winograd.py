@@ -112,18 +112,29 @@ def test_dispatch_uses_winograd_for_full_range_weights(target):
 
 
 @pytest.mark.parametrize("why,w,x_shape,stride", [
-    ("saturating vpmaddubsw pair", RNG.integers(-64, 65, (16, 16, 3, 3)), (1, 16, 12, 12), 1),
+    ("saturating vpmaddubsw pair", RNG.integers(-64, 65, (256, 256, 3, 3)), (1, 256, 12, 12),
+     1),
     ("output tiles <", RNG.integers(-128, 128, (16, 16, 3, 3)), (1, 16, 6, 6), 1),
     ("> 2^31-1", np.full((16, 512, 3, 3), 127), (1, 512, 12, 12), 1),
 ])
 def test_dispatch_says_why_not(why, w, x_shape, stride):
     """A 3x3 stride-1 conv that stays on the direct kernel carries the reason in the
-    report: 7-bit weights (the direct saturating pair is faster and exact), too few tiles,
-    or partial sums that could leave s32."""
+    report: 7-bit weights whose Winograd form would be large (the direct saturating pair
+    is faster then), too few tiles, or partial sums that could leave s32."""
     spec = targets.all_targets()[WINO_TARGETS[0]]
     entry = _report(_conv(x_shape, w, stride), spec)
     assert entry["kernel"] == "conv2d_nchwc"
     assert why in entry.get("winograd_refused", ""), entry
+
+
+@pytest.mark.parametrize("target", WINO_TARGETS)
+def test_small_seven_bit_layers_use_winograd(target):
+    """7-bit weights could use the saturating pair, but a layer with small transformed
+    weights still runs faster as Winograd."""
+    w = RNG.integers(-64, 65, (16, 16, 3, 3))
+    assert winograd.weight_bytes(w) <= winograd.FAST_MAX_WEIGHT_BYTES
+    entry = _report(_conv((1, 16, 12, 12), w), targets.all_targets()[target])
+    assert entry["kernel"] == "conv2d_winograd_nchwc", entry
 
 
 def test_no_winograd_on_vnni_or_strided():

@@ -313,18 +313,21 @@ class _Dispatcher(DataflowMutator):
         target (`[int8] winograd`), None when the target or the geometry has no Winograd,
         or the reason (a str) it was refused for a 3x3 stride-1 conv.
 
-        Winograd replaces the exact widened direct kernel: its s16 GEMM runs at that
-        kernel's instruction rate with 16/36 of the multiplications (ResNet-50 NNCF model,
-        8-bit weights, Zen 3, caches flushed: 64->64 @56 1440 -> 819 us, 128 @28 1422 ->
-        1122, 256 @14 1440 -> 981). Where the weights allow the saturating pair exactly
-        (`fast_direct`, e.g. 7-bit weights) the direct kernel stays: Winograd measured
-        0.89-1.05x of its speed there."""
+        Against the exact widened direct kernel (8-bit weights) Winograd's s16 GEMM runs at
+        the same instruction rate with 16/36 of the multiplications: ResNet-50 NNCF model,
+        Zen 3, 2 threads, ~0.5x the time on its 3x3 layers. Against the saturating pair
+        (`fast_direct`: weights proven safe for it, e.g. 7-bit) it wins by less (0.77-0.85x
+        warm), and its s16 weights (3.6x the int8 bytes) stream from memory in a whole
+        model: only layers whose transformed weights stay small
+        (`winograd.FAST_MAX_WEIGHT_BYTES`) take it then."""
         if not self.winograd or self.cap.winograd != winograd.KIND or not winograd.applies(
                 w.shape[2:], strides, dilation, 1):
             return None
-        if fast_direct:
-            return ("the weights fit the saturating vpmaddubsw pair exactly: the direct "
-                    "kernel is faster")
+        u_bytes = winograd.weight_bytes(w)
+        if fast_direct and u_bytes > winograd.FAST_MAX_WEIGHT_BYTES:
+            return (f"the weights fit the saturating vpmaddubsw pair exactly and the "
+                    f"Winograd weights would be {u_bytes >> 10} KiB > "
+                    f"{winograd.FAST_MAX_WEIGHT_BYTES >> 10} KiB: the direct kernel is faster")
         tiles = -(-out_shape[2] // 2) * -(-out_shape[3] // 2)
         if tiles < winograd.MIN_TILES:
             return (f"{tiles} output tiles < {winograd.MIN_TILES}: its s16 weights (3.6x the "

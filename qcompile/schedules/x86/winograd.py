@@ -31,8 +31,8 @@ per uop) the s16 GEMM would be slower than the direct kernel, so VNNI targets do
 (`[int8] winograd` in targets/*.toml).
 
 Layouts (L = the intrinsic's lanes, c = the data's channel block):
-data `[N, IC/c, H, W, c]` u8 -> V `[N, IC/c, TH, TW, 4, 4, c]` s16 -> M `[N, OC/L, TH, TW, 4,
-4, L]` s32 (GEMM over IC) -> output `[N, OC/L, OH, OW, L]` s32 (TH = ceil(OH/2)); weights
+data `[N, IC/c, H, W, c]` u8 -> V `[N, 4, 4, TH, TW, IC/c, c]` s16 -> M `[N, OC/L, TH, TW,
+4, 4, L]` s32 (GEMM over IC) -> output `[N, OC/L, OH, OW, L]` s32 (TH = ceil(OH/2)); weights
 `[4, 4, OC/L, IC/c, c/4, 2, L, 2]` s16 (the widen16 block).
 """
 from __future__ import annotations
@@ -51,6 +51,12 @@ _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.int64)
 # (ResNet-50 NNCF 512->512 @7: 1408 -> 1118 us vs the widened direct kernel, caches flushed,
 # Zen 3); smaller outputs keep the direct kernel
 MIN_TILES = 16
+# where the direct kernel can use the (proven exact) saturating vpmaddubsw pair, Winograd
+# is 0.77-0.85x its time with warm caches, but its s16 weights (16 / 9 * 2 = 3.6x the int8
+# bytes) stream from memory inside a whole model: ResNet-50 256->256 @14 (2.1 MiB) was
+# 0.86-0.98x with caches flushed, 512->512 @7 (8.4 MiB) 1.5x. Above this size the direct
+# kernel stays (Zen 3, 2 threads, 512 KiB L2 per core)
+FAST_MAX_WEIGHT_BYTES = 1 << 20
 V_MAX = 4 * 255          # |B^T d B| for u8 d: each entry sums 4 of d's elements with +-1
 S32_MAX = 2 ** 31 - 1
 
@@ -66,6 +72,11 @@ def transform_weights(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w, np.int64)
     assert w.shape[2:] == (3, 3), w.shape
     return np.einsum("ak,oikl,bl->aboi", _G2, w, _G2)
+
+
+def weight_bytes(w) -> int:
+    """Bytes of the transformed s16 weights of an OIHW 3x3 conv (before lane padding)."""
+    return 16 * int(w.shape[0]) * int(w.shape[1]) * 2
 
 
 def exact_bound(w: np.ndarray) -> int:
@@ -125,9 +136,11 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, padding=(1, 1, 1, 1), pad_v
     # value, whose outputs are never read)
     dpad = pad_nchwc(data, (top, left, bottom + 2 * th - oh, right + 2 * tw - ow), pad_value,
                      dtype="int16")
+    # position-major: for each of the 16 positions, a tile's input channels are contiguous,
+    # so the GEMM's reduction streams through memory and a position's slice stays in L1
     v = te.compute(
-        (n, icc, th, tw, 4, 4, icb),
-        lambda b, c, ty, tx, xi, nu, ch: _bt(
+        (n, 4, 4, th, tw, icc, icb),
+        lambda b, xi, nu, ty, tx, c, ch: _bt(
             lambda a: _bt(lambda bb: dpad[b, c, 2 * ty + a, 2 * tx + bb, ch], nu), xi),
         name="wino_v")
     lanes = info.lanes
@@ -137,7 +150,7 @@ def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, padding=(1, 1, 1, 1), pad_v
     m = te.compute(
         (n, occ, th, tw, 4, 4, lanes),
         lambda b, oc, ty, tx, xi, nu, ob: te.sum(
-            v[b, r_icc, ty, tx, xi, nu, r_icq * 4 + r_ic4].astype("int32")
+            v[b, xi, nu, ty, tx, r_icc, r_icq * 4 + r_ic4].astype("int32")
             * kernel[(xi, nu, oc, r_icc, r_icq) + info.block_index(ob, r_ic4)].astype("int32"),
             axis=[r_icc, r_icq, r_ic4]),
         name="wino_gemm", attrs=_attrs("winograd", info))
