@@ -219,3 +219,25 @@ def test_sigmoid_and_tanh_builds_have_no_libm_calls():
 
     asm, _ = _compiled_asm(lambda x: relax.op.tanh(relax.op.multiply(x, relax.op.sigmoid(x))))
     assert "expf" not in asm and "tanhf" not in asm
+
+
+@pytest.mark.parametrize("name", ["cosh", "sinh"])
+def test_cosh_sinh_max_error_is_two_ulp_and_limits(name):
+    """TVM has no LLVM lowering of cosh / sinh ("unknown intrinsic tirx.cosh"): qcompile's,
+    on the whole finite range (up to |x| = 89.4, beyond e^x's 88.7) and at the sinh
+    polynomial's border |x| = 1; inf beyond."""
+    from qcompile.schedules import vector_math as vm
+
+    x = _sample(-89.0, 89.0)
+    small = _sample(-2.0, 2.0, seed=1)[: N // 4]
+    edge = np.array([1e-30, -1e-20, 1e-6, 0.0, 1.0, -1.0, np.nextafter(np.float32(1), 2),
+                     88.0, 88.5, 89.4, -89.4], np.float32)
+    x[: N // 4] = small
+    x[-len(edge):] = edge
+    got = _run(_build(getattr(vm, f"{name}_te")), x)
+    ref = getattr(np, name)(x.astype(np.float64))
+    err = _ulps(got, ref)
+    assert err.max() <= 2.0, (err.max(), x[err.argmax()])  # 1.4 / 1.6 ulp measured
+    big = np.resize(np.array([100.0, -100.0], np.float32), N)
+    e = _run(_build(getattr(vm, f"{name}_te")), big)[:2]
+    assert np.isinf(e).all() and (e[0] > 0) and ((e[1] > 0) == (name == "cosh"))

@@ -138,6 +138,41 @@ def tanh(x):
     return tirx.Select(a < _c(TANH_SMALL_BOUND), small, big)
 
 
+# cosh / sinh: TVM 0.27 has no lowering rule for tirx.cosh / tirx.sinh on LLVM targets (the
+# build stopped with "unknown intrinsic"), so they are always qcompile's: e^a / 2 + e^-a / 2
+# with a = |x| (e^(a - 88) * e^88 / 2 above 88, where e^a alone overflows but cosh stays
+# finite), and
+# for sinh below |x| = 1 Cephes' odd polynomial (no cancellation between e^x and e^-x)
+_SINH_POLY = (2.03721912945e-4, 8.33028376239e-3, 1.66667160211e-1)
+_HALF_EXP_SWITCH = 88.0
+
+
+def _half_exp_pair(a, sign):
+    """e^a / 2 + sign * e^-a / 2 for a >= 0 (finite up to a = 89.4)."""
+    ea = exp(tirx.min(a, _c(_HALF_EXP_SWITCH)))
+    near = _c(0.5) * ea + _c(sign * 0.5) / ea
+    # above the switch e^-a / 2 is below f32's resolution of the result: e^(a - 88) * e^88 / 2
+    # (a - 88 is exact for a in [88, 176])
+    return tirx.Select(a < _c(_HALF_EXP_SWITCH), near,
+                       exp(a - _c(_HALF_EXP_SWITCH)) * _c(8.258181330680653e+37))
+
+
+def cosh(x):
+    """f32 `cosh(x)` from vectorizable operations (the exp above: a few ulp)."""
+    return _half_exp_pair(tirx.abs(x), 1.0)
+
+
+def sinh(x):
+    """f32 `sinh(x)`: Cephes' odd polynomial below |x| = 1, e^|x| / 2 - e^-|x| / 2 with the
+    sign of x above."""
+    a = tirx.abs(x)
+    z = x * x
+    small = _fma(_horner(_SINH_POLY, z) * z, x, x)
+    big = _half_exp_pair(a, -1.0)
+    big = tirx.Select(x < _c(0.0), _c(0.0) - big, big)
+    return tirx.Select(a <= _c(1.0), small, big)
+
+
 def _elementwise_te(fn, name: str):
     """The TE compute applying the scalar function `fn` to every element (block `name`)."""
     def compute(x: te.Tensor) -> te.Tensor:
@@ -151,6 +186,8 @@ exp_te = _elementwise_te(exp, "vexp")
 erf_te = _elementwise_te(erf, "verf")
 sigmoid_te = _elementwise_te(sigmoid, "vsigmoid")
 tanh_te = _elementwise_te(tanh, "vtanh")
+cosh_te = _elementwise_te(cosh, "vcosh")
+sinh_te = _elementwise_te(sinh, "vsinh")
 
 
 # partial reductions keep this many lanes (a multiple of every x86 vector width in f32)
@@ -272,6 +309,8 @@ _legalize_exp = _unary_legalizer(exp_te, "vexp")
 _legalize_erf = _unary_legalizer(erf_te, "verf")
 _legalize_sigmoid = _unary_legalizer(sigmoid_te, "vsigmoid")
 _legalize_tanh = _unary_legalizer(tanh_te, "vtanh")
+_legalize_cosh = _unary_legalizer(cosh_te, "vcosh")
+_legalize_sinh = _unary_legalizer(sinh_te, "vsinh")
 
 
 def _legalize_softmax(bb, call):
@@ -283,11 +322,13 @@ def _legalize_softmax(bb, call):
 
 def legalize_map(fast_math: bool = False) -> dict:
     """`LegalizeOps(customize_legalize_map=...)` entries for CPU builds: softmax, layer
-    norm (lane-split reductions) and sigmoid always; exp, erf and tanh for the exact build
+    norm (lane-split reductions), sigmoid, cosh and sinh always; exp, erf and tanh for the exact build
     only (`--fast-math` keeps TVM's own approximations of those)."""
     out = {"relax.nn.softmax": _legalize_softmax, "relax.nn.layer_norm": _legalize_layer_norm,
            # TVM's fast-math transform has no sigmoid: ours in both builds
-           "relax.sigmoid": _legalize_sigmoid}
+           "relax.sigmoid": _legalize_sigmoid,
+           # TVM has no LLVM lowering of cosh / sinh at all: ours in both builds
+           "relax.cosh": _legalize_cosh, "relax.sinh": _legalize_sinh}
     if not fast_math:
         out.update({"relax.exp": _legalize_exp, "relax.erf": _legalize_erf,
                     "relax.tanh": _legalize_tanh})
