@@ -225,7 +225,14 @@ def test_overflow_fix_auto_follows_the_target_and_enables_the_fast_kernels(tmp_p
         onnx.save(r.model("fq"), tmp_path / f"{name}.onnx")
         build(str(tmp_path / f"{name}.onnx"), BuildConfig(target="avx2"), tmp_path / name,
               quiet=True)
-    v7 = json.loads((tmp_path / "q7" / "model.json").read_text())["int8_kernels"]["by_variant"]
+    k7 = json.loads((tmp_path / "q7" / "model.json").read_text())["int8_kernels"]
+    v7 = k7["by_variant"]
     v8 = json.loads((tmp_path / "q8" / "model.json").read_text())["int8_kernels"]["by_variant"]
-    assert set(v7) == {"fast"} and v7["fast"] >= 4
+    # 7-bit weights: every direct kernel is the fast pair; small 3x3 stride-1 layers run as
+    # Winograd (an s16 GEMM, variant widen16) instead, where that is faster still
+    direct = [op for op in k7["ops"] if op.get("kernel") != "conv2d_winograd_nchwc"
+              and "left_alone" not in op]
+    assert {op["variant"] for op in direct} == {"fast"} and len(direct) >= 3
+    assert set(v7) <= {"fast", "widen16"}
+    assert v7.get("widen16", 0) == k7["by_kernel"].get("conv2d_winograd_nchwc", 0)
     assert "fast" not in v8 or set(v8) != {"fast"}     # 8-bit weights: exact widened kernels
