@@ -147,6 +147,8 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
              f"{pretuned_desc.get('cpu', '?')}{match}): "
              f"{pretuned_desc.get('tasks_from_pretuned', '?')}/{pretuned_desc.get('tasks', '?')} "
              "kernels from it (--no-pretuned: off)", quiet)
+    elif pretuned_desc.get("path"):  # a shipped database exists but was not applied
+        _log(f"qcompile: pre-tuned database not used: {pretuned_desc.get('reason')}", quiet)
     executable = None
     codegen_stats: dict = {}
     if spec.family != "opencl":

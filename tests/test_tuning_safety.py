@@ -285,6 +285,35 @@ def test_pretuned_prefers_the_database_measured_on_the_closest_cpu(db, mlp_setup
     assert pretuned.lookup(spec, zen4)[0].name == spec.name
 
 
+def test_pretuned_from_another_cpu_vendor_is_not_applied(db, mlp_setup, tmp_path,
+                                                         monkeypatch):
+    """Records measured on an Intel CPU are not applied on an AMD host (they were slower
+    than the untuned templates there), nor the reverse; the build says why. A database
+    whose CPU is unknown, or a cross build (no host CPU), still uses them."""
+    from qcompile.build import BuildConfig, build
+    from qcompile.tuning import pretuned
+
+    spec = mlp_setup["spec"]
+    root = tmp_path / "pretuned"
+    shutil.copytree(db, root / spec.name)
+    monkeypatch.setenv("QCOMPILE_PRETUNED_DIR", str(root))
+    amd = {"vendor": "AuthenticAMD", "family": 25, "model": 1, "name": "AMD EPYC"}
+    intel = {"vendor": "GenuineIntel", "family": 6, "model": 143, "name": "Intel Xeon"}
+    # no qcompile-pretuned.json: the measuring CPU is unknown, the records are used
+    assert pretuned.open_pretuned(spec, amd)[1]["used"]
+    # an older export records only the CPU name
+    (root / spec.name / pretuned.INFO).write_text(json.dumps({"cpu": "Intel(R) Xeon(R) CPU"}))
+    shipped, desc = pretuned.open_pretuned(spec, amd)
+    assert shipped is None and not desc["used"] and "another vendor" in desc["reason"]
+    assert pretuned.open_pretuned(spec, intel)[1]["used"]
+    assert pretuned.open_pretuned(spec, None)[1]["used"]      # cross build
+    (root / spec.name / pretuned.INFO).write_text(json.dumps({"cpu": "x", "cpu_id": amd}))
+    assert not pretuned.open_pretuned(spec, intel)[1]["used"]
+    monkeypatch.setattr(pretuned, "cpu_id", lambda: intel)
+    b = build(str(mlp_setup["onnx"]), BuildConfig(), tmp_path / "b", quiet=True)
+    assert not b.meta["pretuned"]["used"] and b.meta["pretuned"]["cpu_match"] == "another CPU"
+
+
 def test_build_uses_pretuned_unless_disabled(db, mlp_setup, tmp_path, monkeypatch):
     from qcompile.build import BuildConfig, build
 

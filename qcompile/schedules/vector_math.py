@@ -322,7 +322,8 @@ def _legalize_softmax(bb, call):
 
 def legalize_map(fast_math: bool = False) -> dict:
     """`LegalizeOps(customize_legalize_map=...)` entries for CPU builds: softmax, layer
-    norm (lane-split reductions), sigmoid, cosh and sinh always; exp, erf and tanh for the exact build
+    norm (lane-split reductions), sigmoid, cosh and sinh always; exp, erf and tanh for the
+    exact build
     only (`--fast-math` keeps TVM's own approximations of those)."""
     out = {"relax.nn.softmax": _legalize_softmax, "relax.nn.layer_norm": _legalize_layer_norm,
            # TVM's fast-math transform has no sigmoid: ours in both builds

@@ -15,7 +15,10 @@ measured on: `<target>/` and `<target>@<vendor>-<family>-<model>/` (e.g. `avx512
 for Zen 4), each with the measuring CPU's `cpu_id` in its `qcompile-pretuned.json`. A build
 for this machine picks the one measured on the closest CPU (same model, then family, then
 vendor; `<target>/` on a tie); a cross build (--cross, --rpc) takes `<target>/`. model.json
-says which one and how close (`pretuned.cpu_match`).
+says which one and how close (`pretuned.cpu_match`). Records measured on a CPU of another
+vendor are not applied (the build says so): Ice Lake records made 23 of 27 kernels slower
+on a Zen 4, Sapphire Rapids avx2 records made ResNet-50's NNCF build 1.11x slower on a Zen 3
+(1.34x -> 1.49x OpenVINO's time, 2026-12-07).
 
 A shipped database is only ever read. `QCOMPILE_PRETUNED_DIR` points to another root (tests,
 or a site-wide collection laid out the same way).
@@ -66,6 +69,19 @@ def cpu_match(db_cpu: dict | None, host: dict | None) -> int:
     if db_cpu.get("family") != host.get("family"):
         return 1
     return 3 if db_cpu.get("model") == host.get("model") else 2
+
+
+def measured_vendor(meta: dict) -> str | None:
+    """The vendor id of the CPU a database was measured on: its `cpu_id`, else read from the
+    CPU name it records (databases exported before `cpu_id` existed), else None."""
+    cid = meta.get("cpu_id") or {}
+    if cid.get("vendor"):
+        return cid["vendor"]
+    name = str(meta.get("cpu") or "")
+    for word, vendor in (("Intel", "GenuineIntel"), ("AMD", "AuthenticAMD")):
+        if word in name:
+            return vendor
+    return None
 
 
 def directories(target_name: str) -> list[Path]:
@@ -130,6 +146,14 @@ def open_pretuned(spec, cpu: dict | None = None, path: Path | None = None):
     path, reason = lookup(spec, cpu) if path is None else _check(Path(path), spec)
     if path is None:
         return None, {"used": False, "reason": reason}
+    vendor = measured_vendor(info(path))
+    if cpu is not None and vendor and cpu.get("vendor") and vendor != cpu["vendor"]:
+        return None, {"used": False, "path": str(path), "cpu": info(path).get("cpu"),
+                      "cpu_match": MATCH[0],
+                      "reason": f"the shipped database for {spec.name!r} was measured on a CPU "
+                      f"of another vendor ({info(path).get('cpu')}): such records were slower "
+                      "than the untuned templates (see qcompile/pretuned/README.md); tune on "
+                      "this machine (qcompile tune) for records of its own"}
     try:
         opened = dbm.open_database(path, spec, create=False, writable=False, shipped=True)
     except dbm.TuningDatabaseError as err:

@@ -5,6 +5,8 @@
 - `packing`: compile-time packing of weights and per-channel constants (numpy).
 - `compute`: TE computes of the packed ops (conv2d NCHW[x]c, depthwise, dense,
   batch-matmul), their main block annotated with `schedule_rule` and the intrinsic.
+- `winograd`: exact integer Winograd F(2x2, 3x3) for 3x3 stride-1 convs on targets without
+  VNNI (weight transform, exactness bound, TE compute).
 - `region_ops`: NCHW <-> NCHW[x]c border transforms and the FMA-fenced quantized add.
 - `schedule`: schedules of fused PrimFuncs containing those blocks: the deterministic
   default (`apply_default_schedules`) and the MetaSchedule custom rules

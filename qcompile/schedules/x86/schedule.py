@@ -486,7 +486,8 @@ def _schedule_winograd(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bo
 def schedule_fused(sch: Schedule, block=None, tune: bool = False,
                    tiles: dict | None = None) -> Schedule:
     """Schedule the whole fused PrimFunc that `sch` works on around its qcompile block.
-    `tiles` overrides default tile decisions (conv: y, oc, x, icc; matmul: i, j, kq)."""
+    `tiles` overrides default tile decisions (conv: y, oc, x, icc; matmul: i, j, kq;
+    depthwise: x, y; winograd: oc, x, band, groups)."""
     found = find_main_block(sch)
     if found is None:
         raise ValueError("no qcompile int8 block (schedule_rule annotation) in this function")
