@@ -76,10 +76,10 @@ class _Blocked:
 @relax.expr_functor.mutator
 class _Dispatcher(DataflowMutator):
     def __init__(self, mod: tvm.IRModule, spec, allow_fast: bool, report: list | None,
-                 exact_variant: str | None = None, winograd: bool = True):
+                 exact_variant: str | None = None, allow_winograd: bool = True):
         super().__init__(mod)
         self.exact_variant = exact_variant
-        self.winograd = winograd
+        self.allow_winograd = allow_winograd
         self.spec = spec
         self.cap = spec.int8
         self.lanes = int(spec.int8.lanes)
@@ -320,8 +320,8 @@ class _Dispatcher(DataflowMutator):
         warm), and its s16 weights (3.6x the int8 bytes) stream from memory in a whole
         model: only layers whose transformed weights stay small
         (`winograd.FAST_MAX_WEIGHT_BYTES`) take it then."""
-        if not self.winograd or self.cap.winograd != winograd.KIND or not winograd.applies(
-                w.shape[2:], strides, dilation, 1):
+        if (not self.allow_winograd or self.cap.winograd != winograd.KIND
+                or not winograd.applies(w.shape[2:], strides, dilation, 1)):
             return None
         u_bytes = winograd.weight_bytes(w)
         if fast_direct and u_bytes > winograd.FAST_MAX_WEIGHT_BYTES:
