@@ -71,7 +71,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     from . import codegen, frontend
     from .fallbacks import FallbackLog
     from .relay_passes import pipeline as lp
-    from .report import precision_table
+    from .report import int8_kernels_line, precision_table
     from .util import versions
 
     t0 = time.time()
@@ -98,12 +98,8 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report, fallbacks,
                                             winograd=config.winograd)
     int8_kernels = _summarize_dispatch(dispatch_report)
-    if int8_kernels["by_variant"]:
-        wino = int8_kernels["by_kernel"].get("conv2d_winograd_nchwc", 0)
-        _log("qcompile: int8 kernels by dot-product variant: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(int8_kernels["by_variant"].items()))
-            + (f" ({wino} of them 3x3 convs as exact Winograd F(2x2, 3x3))" if wino else ""),
-            quiet)
+    if int8_kernels_line(int8_kernels):
+        _log("qcompile: " + int8_kernels_line(int8_kernels), quiet)
     fused, kernel_map = codegen.fuse_with_map(mod, target, config.fast_math)
     database, tune_summary = None, None
     if config.tuning_db:

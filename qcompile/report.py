@@ -158,6 +158,19 @@ def precision_table(mod, imported, ctx) -> dict:
             "unconverted": list(getattr(ctx, "unconverted", []) or [])}
 
 
+def int8_kernels_line(int8_kernels: dict | None) -> str | None:
+    """"int8 kernels by dot-product variant: ..." for model.json `int8_kernels` (the build's
+    log and `qcompile inspect`), with how many are Winograd convs; None without kernels.
+    fast = the saturating vpmaddubsw pair, chosen only where proven exact."""
+    by_variant = (int8_kernels or {}).get("by_variant") or {}
+    if not by_variant:
+        return None
+    wino = ((int8_kernels or {}).get("by_kernel") or {}).get("conv2d_winograd_nchwc", 0)
+    return ("int8 kernels by dot-product variant: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(by_variant.items()))
+            + (f" ({wino} of them 3x3 convs as exact Winograd F(2x2, 3x3))" if wino else ""))
+
+
 def summary_line(rows: list[dict]) -> str:
     counted = [r for r in rows if r["precision"] in ("int8", "f32")]
     n8 = sum(1 for r in counted if r["precision"] == "int8")

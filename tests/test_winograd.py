@@ -59,9 +59,19 @@ def test_integer_pipeline_equals_direct_conv(hw):
 
 
 def test_transformed_weights_fit_s16():
+    """The largest |U| (all weights -128) is 9 * 128; packing keeps every value in s16."""
+    from qcompile.schedules.x86 import intrinsics
+
     g = np.full((1, 1, 3, 3), -128)
     assert np.abs(winograd.transform_weights(g)).max() == 9 * 128
-    assert winograd.pack_weights.__doc__  # s16 packing: 9 * 128 << 32767
+    w = RNG.integers(-128, 128, (20, 12, 3, 3))
+    w[0] = -128
+    info = intrinsics.get("pmaddubsw.256", "widen16")
+    packed = winograd.pack_weights(w, info, 4)
+    assert packed.dtype == np.int16 and packed.shape == (4, 4, 3, 3, 1, 2, 8, 2)
+    u = winograd.transform_weights(w)
+    assert int(np.abs(packed).max()) == int(np.abs(u).max()) == 9 * 128
+    assert int(packed.astype(np.int64).sum()) == int(u.sum())  # nothing lost to padding
 
 
 def test_exact_bound():

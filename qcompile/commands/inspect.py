@@ -14,7 +14,7 @@ def run(args) -> int:
     import json
 
     from ..artifact import read_meta
-    from ..report import format_table
+    from ..report import format_table, int8_kernels_line
 
     meta = read_meta(args.build_dir, check_cpu=False)
     ops = meta.get("ops") or []
@@ -29,13 +29,9 @@ def run(args) -> int:
     t = meta.get("target", {})
     print(f"{args.build_dir}: target {t.get('name')}, inputs "
           f"{[(i['name'], i['shape'], i['dtype']) for i in meta['inputs']]}")
-    kernels = (meta.get("int8_kernels") or {}).get("by_variant") or {}
-    if kernels:  # fast = saturating vpmaddubsw pair, chosen only where proven exact
-        by_kernel = (meta.get("int8_kernels") or {}).get("by_kernel") or {}
-        wino = by_kernel.get("conv2d_winograd_nchwc", 0)
-        print("int8 kernels by dot-product variant: "
-              + ", ".join(f"{k} {v}" for k, v in sorted(kernels.items()))
-              + (f" ({wino} of them 3x3 convs as exact Winograd F(2x2, 3x3))" if wino else ""))
+    kernels = int8_kernels_line(meta.get("int8_kernels"))
+    if kernels:
+        print(kernels)
     fallbacks = meta.get("fallbacks") or []
     print(f"fallbacks: {len(fallbacks)}" + (" (where the build did less than its best)"
                                             if fallbacks else ""))

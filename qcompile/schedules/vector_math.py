@@ -141,8 +141,8 @@ def tanh(x):
 # cosh / sinh: TVM 0.27 has no lowering rule for tirx.cosh / tirx.sinh on LLVM targets (the
 # build stopped with "unknown intrinsic"), so they are always qcompile's: e^a / 2 + e^-a / 2
 # with a = |x| (e^(a - 88) * e^88 / 2 above 88, where e^a alone overflows but cosh stays
-# finite), and
-# for sinh below |x| = 1 Cephes' odd polynomial (no cancellation between e^x and e^-x)
+# finite), and for sinh below |x| = 1 Cephes' odd polynomial (no cancellation between e^x
+# and e^-x)
 _SINH_POLY = (2.03721912945e-4, 8.33028376239e-3, 1.66667160211e-1)
 _HALF_EXP_SWITCH = 88.0
 

@@ -442,7 +442,7 @@ def _schedule_winograd(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bo
         raise ValueError(f"winograd: {len(epilogue)} output blocks (expects one)")
     out = epilogue[0]
     pad, vstage = producers
-    _, oc, ty, tx, _, _, _, icc, icq, _ = sch.get_loops(main)
+    _, oc, ty, tx = sch.get_loops(main)[:4]
     n_oc, n_ty, n_tx = _ext(sch, oc), _ext(sch, ty), _ext(sch, tx)
     oci, txi = _winograd_tile(n_oc, n_tx, _num_vregs(info.lanes))
     band, og = _winograd_chunks(n_ty, n_oc, threads, oci)
