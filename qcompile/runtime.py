@@ -41,7 +41,7 @@ class CompiledModel:
         try:
             with quiet_stderr():
                 lib = tvm.runtime.load_module(str(lib_path))
-        except Exception as err:
+        except (RuntimeError, OSError, ValueError) as err:  # dlopen failure; missing file
             raise ArtifactError(f"cannot load {lib_path}: {err}. Was it built for another CPU "
                                 f"(target {self.meta.get('target', {}).get('name')!r})?") from err
         self.device = tvm.cpu()
@@ -115,9 +115,13 @@ def load(build_dir: str | os.PathLike, profile: bool = False):
     kind = meta.get("runtime", "relax-vm")
     if kind == "relax-vm":
         return CompiledModel(build_dir, profile=profile, meta=meta)
-    from . import runtimes
+    if kind == "opencl":  # a `--target intel-gpu` build, run through pyopencl (docs/gpu.md)
+        from .gpu.runtime import OpenCLModel
 
-    return runtimes.load(kind, build_dir, meta, profile=profile)
+        return OpenCLModel(build_dir, meta, profile=profile)
+    raise ArtifactError(f"{build_dir} holds an artifact for runtime {kind!r}, which this "
+                        "qcompile cannot run (known: relax-vm, opencl); upgrade qcompile or "
+                        "rebuild")
 
 
 def random_feed(inputs, seed: int = 0) -> dict[str, np.ndarray]:

@@ -181,7 +181,7 @@ def int8_module(kind: str, p: dict, spec):
     kind "winograd": the 3x3 stride-1 conv as exact Winograd F(2x2, 3x3) (widen16 GEMM)."""
     from tvm import relax
 
-    from qcompile.relay_passes import x86_int8_dispatch as disp
+    from qcompile import codegen
     from qcompile.schedules.x86 import compute, intrinsics, packing, winograd
 
     rng = np.random.default_rng(0)
@@ -212,7 +212,7 @@ def int8_module(kind: str, p: dict, spec):
                 out = bb.emit_output(_requant(bb, acc, (1, occ, 1, 1, info.lanes), p["oc"],
                                               info.lanes))
             bb.emit_func_output(out)
-        return disp.fuse(bb.get()), xc, info
+        return codegen.fuse(bb.get(), spec.tvm_target()), xc, info
     info = intrinsics.select(spec.int8, weights_safe=SEVEN_BIT and
                              intrinsics.weights_fit_s16_pairs(np.full((1, 4), 64)),
                              s16_activations=s16,
@@ -247,7 +247,7 @@ def int8_module(kind: str, p: dict, spec):
                 out = bb.emit_output(_requant(bb, acc, (1, occ, 1, 1, lanes), p["oc"], lanes))
             bb.emit_func_output(out)
         x = xc
-    return disp.fuse(bb.get()), x, info
+    return codegen.fuse(bb.get(), spec.tvm_target()), x, info
 
 
 def ops_of(kind: str, p: dict) -> float:

@@ -13,21 +13,16 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ort_run, require_opencl
+from conftest import (assert_opencl_int8_kernels_complete, build_demo_cnn,
+                      check_cli_run_and_bench, ort_run,
+                      require_opencl)
 from qcompile.build import BuildConfig, build
 from qcompile.errors import ArtifactError, InputError
 
 
 @pytest.fixture(scope="module")
 def gpu_build(tmp_path_factory):
-    import onnx
-
-    from qcompile.demo import make_demo_model
-
-    d = tmp_path_factory.mktemp("gpu")
-    onnx.save(make_demo_model(), d / "cnn.onnx")
-    res = build(str(d / "cnn.onnx"), BuildConfig(target="intel-gpu"), d / "build", quiet=True)
-    return d, res
+    return build_demo_cnn(tmp_path_factory, "intel-gpu")
 
 
 def test_artifact_files_and_format(gpu_build):
@@ -127,20 +122,7 @@ def test_input_checks_and_load_errors(gpu_build, tmp_path):
 def test_cli_run_and_bench(gpu_build, tmp_path):
     require_opencl()
     d, _ = gpu_build
-    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    out = subprocess.run([sys.executable, "-m", "qcompile", "run", str(d / "build"), "--input",
-                          f"input={tmp_path / 'x.npy'}", "--output", str(tmp_path / "o.npz")],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    got = np.load(tmp_path / "o.npz")["prob"]
-    assert got.shape == (1, 10) and abs(got.sum() - 1) < 1e-4
-    bench = subprocess.run([sys.executable, "-m", "qcompile", "bench", str(d / "build"),
-                            "-niter", "3", "-report_type", "average_counters"],
-                           capture_output=True, text=True)
-    assert bench.returncode == 0, bench.stderr
-    for word in ("Median:", "Throughput:", "fused_conv2d"):
-        assert word in bench.stdout
+    check_cli_run_and_bench(d / "build", tmp_path, niter=3)
 
 
 def test_int8_model_matches_x86_build(tmp_path):
@@ -169,8 +151,11 @@ def test_int8_model_matches_x86_build(tmp_path):
                 tmp_path / "gpu", quiet=True)
     build(str(tmp_path / "cnn_int8.onnx"), BuildConfig(target="host"), tmp_path / "cpu",
           quiet=True)
-    sched = gpu.meta["opencl"]["schedules"]
-    assert sum(v == "int8 template" for v in sched.values()) >= 5, sched
+    # every int8 conv / dense kernel runs its template (none fell back), and the dispatch
+    # entries reach model.json `int8_kernels` as on x86
+    assert gpu.meta["fallbacks"] == []
+    assert len(assert_opencl_int8_kernels_complete(gpu.meta)) == 5   # 4 convs + the Gemm
+    assert gpu.meta["int8_kernels"]["by_kernel"] == {"conv2d_int8": 4, "dense_int8": 1}
     assert gpu.meta["opencl"]["int8_dot_product_calls"] > 0
     mg, mc = load(tmp_path / "gpu"), load(tmp_path / "cpu")
     for seed in range(3):

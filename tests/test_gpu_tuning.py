@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-tvm = pytest.importorskip("tvm")
+import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from qcompile import targets  # noqa: E402
@@ -42,7 +42,7 @@ def conv_task(mod):
     from tvm.s_tir import meta_schedule as ms
 
     from qcompile import codegen
-    from qcompile.schedules import opencl as sched
+    from qcompile.gpu import schedules as sched
 
     target = SPEC.tvm_target()
     fused = codegen.fuse(sched.dispatch(mod, SPEC), target)
@@ -53,7 +53,7 @@ def conv_task(mod):
 def test_design_space_is_the_template(tmp_path):
     from tvm.s_tir import meta_schedule as ms
 
-    from qcompile.schedules.opencl import schedule
+    from qcompile.gpu.schedules import schedule
 
     schedule.register_rules()
     mod, _ = conv_module()
@@ -74,7 +74,7 @@ def test_tune_with_opencl_runner_then_build_uses_the_record(tmp_path):
     from qcompile.artifact import read_meta
     from qcompile.gpu import tuning
     from qcompile.gpu.artifact import build_relax
-    from qcompile.runtimes.opencl import OpenCLModel
+    from qcompile.gpu.runtime import OpenCLModel
 
     mod, w = conv_module()
     _, task, target = conv_task(mod)
@@ -126,7 +126,7 @@ def test_rpc_runner_measures_on_the_server():
 
     mod, _ = conv_module(c=8, h=8, oc=8)
     _, task, target = conv_task(mod)
-    from qcompile.schedules.opencl import schedule
+    from qcompile.gpu.schedules import schedule
 
     sch = tvm.s_tir.Schedule(task.dispatched[0])
     sch = schedule.schedule_fused(sch, max_threads=256)

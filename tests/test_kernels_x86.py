@@ -17,8 +17,9 @@ import pytest
 import tvm
 from tvm import relax
 
-from qcompile import targets
+from qcompile import codegen, reference, targets
 from qcompile.relay_passes import x86_int8_dispatch as disp
+from qcompile.schedules.x86.lower import lower
 from qcompile.schedules.x86 import compute, intrinsics, packing, schedule
 
 try:
@@ -57,18 +58,10 @@ def skip_unless_runnable(spec):
 
 
 # ------------------------------------------------------------------ numpy reference
+# qcompile.reference is the one numpy reference: conv2d (through conftest.conv_ref, padded
+# with the zero point), requantize(acc, mult, axis, out_zp, dtype, lo, hi) and
+# qadd(a, b, a_zp, a_mult, b_zp, b_mult, out_zp, dtype, lo, hi)
 from conftest import conv_ref  # noqa: E402  (qcompile.reference.conv2d, zero-point padded)
-
-
-def requant_ref(acc, mult, zp, lo, hi, dtype, axis_shape):
-    f = acc.astype(np.float32) * mult.astype(np.float32).reshape(axis_shape)
-    return np.clip(np.round(f) + np.float32(zp), lo, hi).astype(dtype)
-
-
-def qadd_ref(a, b, a_zp, a_mult, b_zp, b_mult, out_zp, lo, hi, dtype):
-    xa = (a.astype(np.int32) - a_zp).astype(np.float32) * np.float32(a_mult)
-    xb = (b.astype(np.int32) - b_zp).astype(np.float32) * np.float32(b_mult)
-    return np.clip(np.round(xa + xb) + np.float32(out_zp), lo, hi).astype(dtype)
 
 
 # ------------------------------------------------------------------ graph builders
@@ -120,7 +113,7 @@ def build(mod, spec, expect_variants=None, allow_fast=True, variant=None, winogr
         assert kernels, report
         got = {r["variant"] for r in kernels if r["intrinsic"]}
         assert got <= set(expect_variants), (got, expect_variants, report)
-    lowered = disp.lower(out, spec, strict=True)
+    lowered = lower(out, spec, strict=True)
     ex = tvm.compile(lowered, target=spec.tvm_target())
     return ex, out, report
 
@@ -281,8 +274,7 @@ def _conv_case(path, winograd=False):
     want = "conv2d_winograd_nchwc" if winograd else "conv2d_nchwc"
     assert [r["kernel"] for r in report] == [want], report
     acc_ref = conv_ref(x, w, padding=(1, 1, 1, 1), pad_value=zp)
-    ref = requant_ref(acc_ref + bias.reshape(1, -1, 1, 1), mult, 3, 3, 255, np.uint8,
-                      (1, -1, 1, 1))
+    ref = reference.requantize(acc_ref + bias.reshape(1, -1, 1, 1), mult, 1, 3, np.uint8, 3, 255)
     _CACHE[key] = (spec, ex, (x,), ref)
     return _CACHE[key]
 
@@ -301,7 +293,7 @@ def _dense_case(path):
         bb, acc, bias, mult, 0, lo=-128, hi=127, dtype="int8", cshape=(-1,)))
     ex, _, _ = build(mod, spec, expect_variants={path[1]}, variant=path[1])
     acc = (x.astype(np.int64) @ w.astype(np.int64)).astype(np.int32) + bias
-    ref = requant_ref(acc, mult, 0, -128, 127, np.int8, (-1,))
+    ref = reference.requantize(acc, mult, -1, 0, np.int8, -128, 127)
     _CACHE[("dense", path)] = (spec, ex, (x,), ref)
     return _CACHE[("dense", path)]
 
@@ -401,8 +393,7 @@ def test_depthwise(target, stride, pad):
     assert want in asm, f"{target}: no {want} in the depthwise kernel"
     skip_unless_runnable(spec)
     acc = conv_ref(x, w, strides=(stride, stride), padding=(pad,) * 4, pad_value=7, groups=c)
-    ref = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8,
-                      (1, -1, 1, 1))
+    ref = reference.requantize(acc + bias.reshape(1, -1, 1, 1), mult, 1, 9, np.uint8, 0, 255)
     np.testing.assert_array_equal(run(ex, x), ref)
 
 
@@ -433,7 +424,7 @@ def test_max_pool_template(target, pool, stride, pad):
     assert ("pool_pad" in mod.script()) == (pad[0] >= pool[0])
     skip_unless_runnable(spec)
     acc = conv_ref(x, w)
-    q = requant_ref(acc + bias.reshape(1, -1, 1, 1), mult, 9, 0, 255, np.uint8, (1, -1, 1, 1))
+    q = reference.requantize(acc + bias.reshape(1, -1, 1, 1), mult, 1, 9, np.uint8, 0, 255)
     qp = np.pad(q, ((0, 0), (0, 0), (pad[0], pad[0]), (pad[1], pad[1])))  # 0 = u8 minimum
     oh = (h + 2 * pad[0] - pool[0]) // stride[0] + 1
     ow = (wd + 2 * pad[1] - pool[1]) // stride[1] + 1
@@ -489,8 +480,8 @@ def _conv_expected(x, w, bias, mult, stride, pad, dil, zp, epilogue, out_zp=4):
     if epilogue == "dequant_f32":
         return (acc + bias.reshape(cs)).astype(np.float32) * mult.reshape(cs)
     if epilogue == "requant_s8":
-        return requant_ref(acc + bias.reshape(cs), mult, -3, -128, 127, np.int8, cs)
-    return requant_ref(acc + bias.reshape(cs), mult, out_zp, 0, 255, np.uint8, cs)
+        return reference.requantize(acc + bias.reshape(cs), mult, 1, -3, np.int8, -128, 127)
+    return reference.requantize(acc + bias.reshape(cs), mult, 1, out_zp, np.uint8, 0, 255)
 
 
 @pytest.mark.parametrize("name", sorted(CONV_SHAPES))
@@ -586,10 +577,10 @@ def _block_graph(x, w1, w2, b1, m1, b2, m2, custom_ops: bool):
 
 def _block_expected(x, w1, w2, b1, m1, b2, m2):
     cs = (1, -1, 1, 1)
-    q1 = requant_ref(conv_ref(x, w1, padding=(1,) * 4, pad_value=2) + b1.reshape(cs), m1, 2,
-                     2, 255, np.uint8, cs)
-    q2 = requant_ref(conv_ref(q1, w2) + b2.reshape(cs), m2, 6, 0, 255, np.uint8, cs)
-    s = qadd_ref(q2, q1, 6, 0.75, 2, 0.5, 1, 1, 255, np.uint8)
+    q1 = reference.requantize(conv_ref(x, w1, padding=(1,) * 4, pad_value=2) + b1.reshape(cs),
+                              m1, 1, 2, np.uint8, 2, 255)
+    q2 = reference.requantize(conv_ref(q1, w2) + b2.reshape(cs), m2, 1, 6, np.uint8, 0, 255)
+    s = reference.qadd(q2, q1, 6, 0.75, 2, 0.5, 1, np.uint8, 1, 255)
     n, c, h, w = s.shape
     return s.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
 
@@ -609,7 +600,7 @@ def test_region_residual_maxpool(custom_ops):
     assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
     assert "max_pool_nchwc" in text  # the max-pool stays in the region (its own template)
     skip_unless_runnable(spec)
-    ex = tvm.compile(disp.lower(out, spec, strict=True), target=spec.tvm_target())
+    ex = tvm.compile(lower(out, spec, strict=True), target=spec.tvm_target())
     got = run(ex, x)
     ref = _block_expected(x, w1, w2, b1, m1, b2, m2)
     if custom_ops:  # requantize expanded, qadd fenced: bit-exact
@@ -666,12 +657,12 @@ def test_requantized_qadd_epilogue(requantized_first):
     # the requantize's offset and clip are gone: qadd takes the rounded f32 value
     assert text.count("R.maximum") == 0 and text.count("R.round") == 1, text
     assert "R.call_tir(qadd, (lv" in text and 'dtype="float32") = R.round' in text, text
-    ex = tvm.compile(disp.lower(out, spec, strict=True), target=spec.tvm_target())
+    ex = tvm.compile(lower(out, spec, strict=True), target=spec.tvm_target())
     got = run(ex, x, res)
-    qv = requant_ref(conv_ref(x, w) + bias.reshape(1, -1, 1, 1), mult, rq_zp, lo, hi,
-                     np.uint8, (1, -1, 1, 1))
+    qv = reference.requantize(conv_ref(x, w) + bias.reshape(1, -1, 1, 1), mult, 1, rq_zp,
+                              np.uint8, lo, hi)
     a, b = (qv, res) if requantized_first else (res, qv)
-    ref = qadd_ref(a, b, zps[0], mults[0], zps[1], mults[1], 9, 2, 254, np.uint8)
+    ref = reference.qadd(a, b, zps[0], mults[0], zps[1], mults[1], 9, np.uint8, 2, 254)
     np.testing.assert_array_equal(got, ref)
     assert (qv == lo).any() and (qv == hi).any(), "the clip bounds were not exercised"
 
@@ -704,7 +695,6 @@ def _dispatched_vs_plain(mod, spec, *inputs):
     """(dispatched main's script, its outputs, the outputs of `mod` built without the
     dispatch), both through qcompile's CPU pipeline (`codegen.fuse` / `compile_fused`: the
     same legalizations, vector sigmoid included). `spec` must run here (`_host_x86_spec`)."""
-    from qcompile import codegen
     from qcompile.schedules import dispatch_for
 
     target = spec.tvm_target()
@@ -824,7 +814,7 @@ def test_epilogue_is_inside_the_parallel_kernel():
     w = weights((16, 16, 3, 3), "widen")
     mod = _conv_module(x, w, np.zeros(16, np.int32), np.ones(16, np.float32) * 1e-3, 1, 1, 1,
                        0, "requant_u8")
-    lowered = disp.lower(disp.dispatch(mod, spec), spec, strict=True)
+    lowered = lower(disp.dispatch(mod, spec), spec, strict=True)
     fused = [f for gv, f in lowered.functions.items()
              if isinstance(f, tvm.tirx.PrimFunc) and "qconv2d" in gv.name_hint]
     assert len(fused) == 1
@@ -840,7 +830,7 @@ def _conv_task(spec):
     bias = RNG.integers(-500, 500, 16).astype(np.int32)
     mult = (RNG.random(16) * 1e-3).astype(np.float32)
     mod = _conv_module(x, w, bias, mult, 1, 1, 1, 0, "requant_u8")
-    unscheduled = disp.fuse(disp.dispatch(mod, spec))
+    unscheduled = codegen.fuse(disp.dispatch(mod, spec), spec.tvm_target())
     name = next(gv.name_hint for gv, f in unscheduled.functions.items()
                 if isinstance(f, tvm.tirx.PrimFunc) and schedule.has_qcompile_block(f))
     ref = _conv_expected(x, w, bias, mult, 1, 1, 1, 0, "requant_u8")
@@ -851,7 +841,7 @@ def _with_kernel(unscheduled, name, func, spec):
     mod = unscheduled.clone()
     mod.update_func(mod.get_global_var(name), func.with_attr("tir.is_scheduled", True)
                     .without_attr("global_symbol"))
-    return tvm.compile(disp.lower(mod, spec, strict=True), target=spec.tvm_target())
+    return tvm.compile(lower(mod, spec, strict=True), target=spec.tvm_target())
 
 
 def test_metaschedule_rule_samples_and_replays():

@@ -9,6 +9,7 @@ from tvm import relax, tirx
 
 from qcompile import targets
 from qcompile.relay_passes import x86_int8_dispatch as disp
+from qcompile.schedules.x86.lower import lower
 from qcompile.tir_stack_allocs import DISABLE_LOWER_BUILTIN, MAX_BYTES, _Rewriter, \
     register_pipeline
 
@@ -56,7 +57,7 @@ def test_dense_kernel_without_per_chunk_workspace_calls():
     if spec.family != "x86":
         pytest.skip("x86 host only")
     mod, w = _dense_module()
-    lowered = disp.lower(disp.dispatch(mod, spec), spec, strict=True)
+    lowered = lower(disp.dispatch(mod, spec), spec, strict=True)
     target = spec.tvm_target()
     exes, asm = {}, {}
     for name, pipeline in (("default", "default"), ("stack", register_pipeline())):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
 
 def _dot4_calls(source: str) -> int:
     """Call sites of the DOT4 helper in the generated kernels (not its definitions)."""
-    from ..schedules.opencl import intrinsics
+    from .schedules import intrinsics
 
     return source.replace(intrinsics.PREAMBLE, "").count(intrinsics.HELPER + "(")
 
@@ -77,12 +78,21 @@ def write_program(out_dir: str | os.PathLike, program: Program, meta: dict,
     return out
 
 
-def write(out_dir, fused_mod, target, meta: dict, database=None) -> tuple[Path, dict]:
-    """Schedule a fused Relax module for the GPU, lower it and write the artifact."""
-    from ..schedules import opencl as sched
+def schedule(fused_mod, target, database=None, fallbacks=None) -> tuple[Any, dict]:
+    """(scheduled module, {PrimFunc: what scheduled it}) for a fused Relax module; template
+    failures go to `fallbacks` (`qcompile.fallbacks.FallbackLog`; None: they raise)."""
+    from . import schedules as sched
 
     record: dict = {}
-    mod = sched.schedule_module(fused_mod, target, database=database, record=record)
+    mod = sched.schedule_module(fused_mod, target, database=database, record=record,
+                                fallbacks=fallbacks)
+    return mod, record
+
+
+def write_scheduled(out_dir, scheduled: tuple[Any, dict], target, meta: dict
+                    ) -> tuple[Path, dict]:
+    """Lower a `schedule()` result and write the artifact; returns (dir, its model.json)."""
+    mod, record = scheduled
     program = build_program(mod, target)
     called = {c["func"] for c in program.calls}
     out = write_program(out_dir, program, meta,
@@ -110,16 +120,21 @@ def build_relax(mod, spec, out_dir, database=None, report: list | None = None,
 
     The same steps `qcompile build --target intel-gpu` runs after import and the
     low-precision passes: int8 dispatch, fusion, scheduling (database, templates, dlight),
-    lowering. Inputs / outputs are named after `main`'s parameters and "output[i]"."""
+    lowering. Inputs / outputs are named after `main`'s parameters and "output[i]";
+    template failures are in model.json `fallbacks`, as in a build."""
     from .. import codegen
-    from ..schedules import opencl as sched
+    from ..fallbacks import FallbackLog
+    from . import schedules as sched
 
     target = spec.tvm_target()
     mod = sched.dispatch(mod, spec, report=report)
     fused = codegen.fuse(mod, target)
     inputs, outputs = _io_from_main(fused)
+    fallbacks = FallbackLog()
+    scheduled = schedule(fused, target, database=database, fallbacks=fallbacks)
     info = {"inputs": inputs, "outputs": outputs,
-            "target": {**spec.to_dict(), "tvm_target": str(target)}}
+            "target": {**spec.to_dict(), "tvm_target": str(target)},
+            "fallbacks": fallbacks.to_list()}
     info.update(meta or {})
-    out, _ = write(out_dir, fused, target, info, database=database)
+    out, _ = write_scheduled(out_dir, scheduled, target, info)
     return out

@@ -1,6 +1,6 @@
 """Scheduled TIR PrimFuncs -> OpenCL C source + per-function launch lists.
 
-The TVM wheel has no OpenCL runtime (DESIGN §5), so instead of `tvm.compile`'s host module
+The TVM wheel has no OpenCL runtime (docs/DEVELOPING.md, TVM 0.27 facts), so instead of `tvm.compile`'s host module
 (whose packed functions would call into the missing runtime) we run TVM's own TIR pipeline
 (`tvm.s_tir.pipeline.default_s_tir_pipeline`, the one `tvm.compile` uses for GPU targets) up
 to `SplitHostDevice`, and read the split result:
@@ -8,7 +8,7 @@ to `SplitHostDevice`, and read the split result:
 * the device functions (`calling_conv` 2, one per GPU kernel) go through the device
   finalization passes and TVM's OpenCL codegen (`target.build.opencl`) -> one OpenCL C
   source for all kernels. The `tvm_callback_opencl_postproc` hook
-  (`qcompile.schedules.opencl.intrinsics`) prepends the dot-product helpers there;
+  (`qcompile.gpu.schedules.intrinsics`) prepends the dot-product helpers there;
 * each host function is a short straight-line program: buffer declarations, global
   workspace allocations, and `call_ffi_kernel(name, args..., launch extents...)` calls
   whose extents follow the kernel's `tirx.kernel_launch_params` tags. We interpret it into a
@@ -323,7 +323,7 @@ def lower_primfuncs(funcs: dict[str, Any], target) -> LoweredKernels:
     from tvm import tirx
     from tvm.s_tir import pipeline as sp
 
-    from ..schedules.opencl import intrinsics
+    from .schedules import intrinsics
 
     intrinsics.register()
     mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})

@@ -9,7 +9,7 @@ Build options (`build_options`): `-cl-fp32-correctly-rounded-divide-sqrt` wherev
 supports it (OpenCL's default f32 division may be off by 2.5 ulp, and the quantize at an int8
 region's entry divides by the scale: one ulp there moves a value across a rounding tie and
 changes a u8 by 1); `-D QCOMPILE_NO_DOT_PRODUCT` forces the `char4` fallback of the int8 dot
-product (see `qcompile.schedules.opencl.intrinsics`); `-cl-fast-relaxed-math` and
+product (see `qcompile.gpu.schedules.intrinsics`); `-cl-fast-relaxed-math` and
 `-cl-mad-enable` are never passed (bit-exact epilogues).
 """
 from __future__ import annotations

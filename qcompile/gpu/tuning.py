@@ -1,7 +1,7 @@
 """MetaSchedule builder and runners that measure OpenCL candidates through pyopencl.
 
 MetaSchedule's own LocalBuilder/LocalRunner would `export_library` a TVM OpenCL module and
-load it with the TVM runtime, which the wheel lacks (DESIGN §5). Here:
+load it with the TVM runtime, which the wheel lacks (docs/DEVELOPING.md, TVM 0.27 facts). Here:
 
 * `OpenCLBuilder` lowers each candidate PrimFunc with `qcompile.gpu.lower` (the same path as
   the build artifact: TVM's TIR pipeline + OpenCL codegen + launch extraction) and writes it
@@ -250,7 +250,7 @@ def builder_and_runner(spec=None, rpc=None, number: int = 3, repeat: int = 1) ->
     tracker in `rpc` (a MetaSchedule `RPCConfig`, or a dict of its fields)."""
     from tvm.s_tir import meta_schedule as ms
 
-    from ..schedules.opencl import intrinsics, schedule
+    from .schedules import intrinsics, schedule
 
     intrinsics.register()
     schedule.register_rules()

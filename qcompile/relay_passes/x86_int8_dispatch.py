@@ -28,9 +28,9 @@ Guarantees:
 * `report` (if given) receives one dict per rewritten op: var, op, kernel, intrinsic,
   variant, exact, and one per integer op left alone with the reason.
 
-After it, run `lower(mod, spec, database=None)` (fusion + schedules) or the same steps by
-hand: `relax.transform.LegalizeOps/AnnotateTIROpPattern/FoldConstant/FuseOps/FuseTIR`, then
-`apply_default_schedules(mod, spec)` (untuned) or MetaSchedule's `ApplyDatabase`.
+After it, the build fuses (`qcompile.codegen.fuse_with_map`) and schedules
+(`qcompile.codegen.compile_fused`); kernel tests use `qcompile.schedules.x86.lower.lower`
+(fusion + default schedules or a database).
 """
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ from tvm import relax
 
 from qcompile import ops as qops
 from qcompile.schedules.x86 import compute, intrinsics, packing, region_ops, winograd
-from qcompile.schedules.x86.schedule import apply_default_schedules, register_rules
+from qcompile.schedules.x86.schedule import register_rules
 from ._common import loose_dtype as _dtype, loose_shape as _shape
-from ._common import DataflowMutator, fold_const
+from .int8_dispatch_base import Int8Dispatcher, Skip, check_target
 from ._common import pyval as _pyval, raw_attr as _attr
 
-__all__ = ["dispatch", "X86Int8Dispatch", "fuse", "lower", "apply_default_schedules"]
+__all__ = ["dispatch", "X86Int8Dispatch"]
 
 _ELEMWISE = {
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
@@ -74,21 +74,19 @@ class _Blocked:
 
 
 @relax.expr_functor.mutator
-class _Dispatcher(DataflowMutator):
+class _Dispatcher(Int8Dispatcher):
     def __init__(self, mod: tvm.IRModule, spec, allow_fast: bool, report: list | None,
                  exact_variant: str | None = None, allow_winograd: bool = True):
-        super().__init__(mod)
+        super().__init__(mod, report)
         self.exact_variant = exact_variant
         self.allow_winograd = allow_winograd
         self.spec = spec
         self.cap = spec.int8
         self.lanes = int(spec.int8.lanes)
         self.allow_fast = allow_fast
-        self.report = report if report is not None else []
         self.region: dict[Any, _Blocked] = {}       # original var -> blocked value
         self.deferred: dict[Any, Callable] = {}      # original var -> emits its NCHW value
         self.deferred_pad: dict[Any, tuple] = {}     # pad var -> (input, (t, l, b, r), value)
-        self.bound: dict[Any, relax.Expr] = {}       # original var -> original bound value
         self.entry_cache: dict[tuple, relax.Expr] = {}
         # requantize var -> (its rounded f32 value, out_zp, clip_min, clip_max), for qadd
         self.rounded: dict[Any, tuple] = {}
@@ -126,35 +124,25 @@ class _Dispatcher(DataflowMutator):
     # ---------------------------------------------------------------------- bindings
     def visit_var_binding_(self, binding):
         var, value = binding.var, binding.value
-        self.bound[var] = value
-        handled = False
-        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
-            name = value.op.name
-            try:
-                if name == "relax.nn.conv2d":
-                    handled = self._conv2d(var, value)
-                elif name == "relax.matmul":
-                    handled = self._matmul(var, value)
-                elif name == "relax.nn.pad":
-                    handled = self._pad(var, value)
-                elif name in _ELEMWISE or name in _QDQ or name in (
-                        _REQUANTIZE, _QADD, "relax.nn.max_pool2d", _RESIZE):
-                    handled = self._elementwise(var, value)
-                elif name == "relax.split":
-                    handled = self._split(var, value)
-                elif name == "relax.concat":
-                    handled = self._concat(var, value)
-            except _Skip as why:
-                self._note(var, name, None, reason=str(why))
-                handled = False
-        elif isinstance(value, relax.TupleGetItem):
+        self.remember(var, value)
+        if isinstance(value, relax.TupleGetItem):
             handled = self._tuple_item(var, value)
+        else:
+            handled = bool(self.handle(var, value, self._handler))
         if handled:
             if not isinstance(var, relax.DataflowVar) or not self.in_dataflow:
                 self._materialize(var)  # block outputs must exist as NCHW values now
             return
         self._materialize_free_vars(value)
         super().visit_var_binding_(binding)
+
+    def _handler(self, name: str):
+        if name in _ELEMWISE or name in _QDQ or name in (_REQUANTIZE, _QADD,
+                                                        "relax.nn.max_pool2d", _RESIZE):
+            return self._elementwise
+        return {"relax.nn.conv2d": self._conv2d, "relax.matmul": self._matmul,
+                "relax.nn.pad": self._pad, "relax.split": self._split,
+                "relax.concat": self._concat}.get(name)
 
     def _materialize_free_vars(self, expr):
         for v in relax.analysis.free_vars(expr):
@@ -173,19 +161,11 @@ class _Dispatcher(DataflowMutator):
             self._materialize(expr)
         return self.visit_expr(expr)
 
-    def _note(self, var, op, info, kernel=None, reason=None, **extra):
-        entry = {"var": var.name, "op": op}
-        if reason is None:
-            entry.update(kernel=kernel, intrinsic=info.name if info else None,
-                         variant=info.variant if info else "vector",
-                         exact=info.exact if info else True, **extra)
-        else:
-            entry["left_alone"] = reason
-        self.report.append(entry)
-
-    # ---------------------------------------------------------------------- constants
-    def _const(self, expr) -> np.ndarray | None:
-        return fold_const(expr, self.bound)
+    def _note(self, var, op, info, kernel=None, **extra):
+        self.report.append({"var": var.name, "op": op, "kernel": kernel,
+                            "intrinsic": info.name if info else None,
+                            "variant": info.variant if info else "vector",
+                            "exact": info.exact if info else True, **extra})
 
     # ------------------------------------------------------------------ region entry
     def _blocked_input(self, expr, cb: int, pad_value: int = 0):
@@ -238,19 +218,11 @@ class _Dispatcher(DataflowMutator):
         return data, (0, 0, 0, 0), 0
 
     def _conv2d(self, var, call) -> bool:
-        data, weight = call.args
-        if (_dtype(data) != "uint8" or str(_attr(call, "out_dtype")) != "int32"
-                or str(_attr(call, "data_layout")) != "NCHW"
-                or str(_attr(call, "kernel_layout")) != "OIHW"
-                or str(_attr(call, "out_layout")) != "NCHW"):
+        m = self.match_conv2d(call)
+        if m is None:
             return False
-        w = self._const(weight)
-        if w is None or w.dtype != np.int8:
-            raise _Skip("conv2d weight is not an int8 constant")
-        groups = int(_attr(call, "groups"))
-        strides = tuple(int(s) for s in _attr(call, "strides"))
-        dilation = tuple(int(d) for d in _attr(call, "dilation"))
-        conv_pad = tuple(int(p) for p in _attr(call, "padding"))
+        data, w, groups, strides, dilation, conv_pad = (m.data, m.weight, m.groups, m.strides,
+                                                        m.dilation, m.padding)
         src, extra, pad_value = self._conv_data(data)
         if any(extra) and any(conv_pad):
             if pad_value != 0:
@@ -261,7 +233,7 @@ class _Dispatcher(DataflowMutator):
         padding = extra if any(extra) else conv_pad
         in_shape, out_shape = _shape(src), _shape(var)
         if in_shape is None or out_shape is None or len(in_shape) != 4:
-            raise _Skip("conv2d needs static NCHW shapes")
+            raise Skip("conv2d needs static NCHW shapes")
         ic = in_shape[1]
         oc = w.shape[0]
         lanes = self.lanes
@@ -306,7 +278,7 @@ class _Dispatcher(DataflowMutator):
             self._record(var, expr, oc, out_shape)
             self._note(var, "conv2d", info, kernel="depthwise_nchwc")
             return True
-        raise _Skip(f"grouped conv2d (groups={groups}) has no int8 kernel")
+        raise Skip(f"grouped conv2d (groups={groups}) has no int8 kernel")
 
     def _winograd(self, w, strides, dilation, out_shape, fast_direct: bool):
         """The widen16 intrinsic when this conv runs as exact Winograd F(2x2, 3x3) on this
@@ -348,18 +320,11 @@ class _Dispatcher(DataflowMutator):
                                  self.exact_variant)
 
     def _matmul(self, var, call) -> bool:
-        a, b = call.args
-        if _dtype(a) != "uint8" or str(_attr(call, "out_dtype")) != "int32":
+        m = self.match_matmul(call, rhs_2d_broadcasts=True)
+        if m is None:
             return False
-        if _dtype(b) != "int8":
-            raise _Skip("matmul right operand is not int8")
-        ashape, bshape = _shape(a), _shape(b)
-        if ashape is None or bshape is None or len(ashape) < 2:
-            raise _Skip("matmul needs static shapes")
-        w = self._const(b)
+        a, ashape, bshape, w = m.a, m.ashape, m.bshape, m.weight
         if w is not None:
-            if w.ndim != 2:
-                raise _Skip("constant matmul weight is not 2-D")
             k, n = w.shape
             blocks = packing.dense_blocks(w, self.lanes)
             info = self._select(blocks, intrinsics.s16_activations_pay_off(k % 4 != 0, n))
@@ -368,20 +333,7 @@ class _Dispatcher(DataflowMutator):
                                          info.name, n, primfunc_name_hint="qdense")
             self._note(var, "matmul", info, kernel="dense")
         else:
-            transpose_b = False
-            src = b
-            if isinstance(b, relax.Var) and b in self.bound:
-                bv = self.bound[b]
-                if (isinstance(bv, relax.Call) and isinstance(bv.op, tvm.ir.Op)
-                        and bv.op.name == "relax.permute_dims"):
-                    axes = _attr(bv, "axes")
-                    nd = len(bshape)
-                    if axes is not None and [int(x) for x in axes] == (
-                            list(range(nd - 2)) + [nd - 1, nd - 2]):
-                        src, transpose_b = bv.args[0], True
-            if len(bshape) not in (2, len(ashape)) or (
-                    len(bshape) > 2 and tuple(bshape[:-2]) != tuple(ashape[:-2])):
-                raise _Skip("batch dims of the matmul operands differ (broadcasting)")
+            src, transpose_b = m.rhs, m.transpose_b
             n = bshape[-2] if transpose_b else bshape[-1]
             info = self._select(None, intrinsics.s16_activations_pay_off(
                 ashape[-1] % 4 != 0, n))
@@ -409,7 +361,7 @@ class _Dispatcher(DataflowMutator):
         elif not isinstance(arg, relax.Expr) or isinstance(
                 arg, (tvm.ir.expr.Constant, relax.ShapeExpr)):
             return arg  # prim values (clip bounds), shapes
-        val = self._const(arg)
+        val = self.const(arg)
         if val is not None:
             laid = packing.channel_const(val, ref.channels, ref.lanes)
             return None if laid is None else relax.const(laid)
@@ -458,7 +410,7 @@ class _Dispatcher(DataflowMutator):
 
     def _requantize(self, call, args, ref):
         axis = int(_pyval(_attr(call, "axis", 1)))
-        mult = self._const(call.args[1])
+        mult = self.const(call.args[1])
         if mult is None:
             return None
         if mult.size > 1:
@@ -488,7 +440,7 @@ class _Dispatcher(DataflowMutator):
         axis = int(_pyval(_attr(call, "axis", 1)))
         laid = []
         for arg, dt in ((call.args[1], np.float32), (call.args[2], np.int32)):
-            v = self._const(arg)
+            v = self.const(arg)
             if v is None:
                 return None
             v = np.asarray(v)
@@ -678,10 +630,6 @@ def _pool_padding(p: list[int]) -> tuple[int, int, int, int]:
     return tuple(p)
 
 
-class _Skip(Exception):
-    """An integer op this dispatch leaves alone (reported, not an error)."""
-
-
 def dispatch(mod: tvm.IRModule, spec, *, allow_saturating_fast: bool = True,
              report: list | None = None, exact_variant: str | None = None,
              winograd: bool = True) -> tvm.IRModule:
@@ -693,9 +641,7 @@ def dispatch(mod: tvm.IRModule, spec, *, allow_saturating_fast: bool = True,
     (default: chosen per op, see `intrinsics.select`).
     winograd: allow exact Winograd F(2x2, 3x3) for 3x3 stride-1 convs where the target's
     `[int8] winograd` says so (schedules/x86/winograd.py); False: direct kernels only."""
-    if spec.family != "x86":
-        raise ValueError(f"x86 int8 dispatch called for target {spec.name!r} "
-                         f"(family {spec.family!r})")
+    check_target(spec, "x86")
     register_rules()
     out = _Dispatcher(mod, spec, allow_saturating_fast, report, exact_variant, winograd).run()
     return relax.transform.DeadCodeElimination()(out)
@@ -711,28 +657,3 @@ def X86Int8Dispatch(spec, allow_saturating_fast: bool = True, report: list | Non
                         exact_variant=exact_variant)
 
     return _pass
-
-
-def fuse(mod: tvm.IRModule) -> tvm.IRModule:
-    """The CPU pipeline's legalize passes: elementwise epilogues fuse into the kernels."""
-    seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-    ])
-    return seq(mod)
-
-
-def lower(mod: tvm.IRModule, spec, database=None, strict: bool = False) -> tvm.IRModule:
-    """Fuse the dispatched module (`fuse`) and schedule its kernels: from a MetaSchedule
-    `database` where it has a record, with the default schedules otherwise. The result goes
-    to `tvm.compile(mod, target=spec.tvm_target())` (whose own legalize passes then find
-    nothing left to do)."""
-    register_rules()
-    mod = fuse(mod)
-    if database is not None:
-        with spec.tvm_target(), database:
-            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return apply_default_schedules(mod, spec, strict=strict)

@@ -4,6 +4,7 @@
 tensor intrinsics, TE computes emitted into Relax with `call_te`, and the schedules that
 tile, tensorize and fuse the epilogue of the fused PrimFuncs containing them
 (docs/kernels.md). `generic` schedules whatever no template or tuning record covered.
+The OpenCL (Intel GPU) templates live in `qcompile.gpu.schedules` (docs/gpu.md).
 
 `dispatch_for(mod, spec)` is the build's entry point: it rewrites a module after the
 low-precision passes into the target's kernels and returns the default-schedule function

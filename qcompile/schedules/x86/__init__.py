@@ -11,6 +11,7 @@
 - `schedule`: schedules of fused PrimFuncs containing those blocks: the deterministic
   default (`apply_default_schedules`) and the MetaSchedule custom rules
   (`s_tir.meta_schedule.cpu.qcompile_x86_*`, `register_rules`).
+- `lower`: fusion + schedules of a dispatched module (kernel tests).
 - `tuning`: MetaSchedule helpers (seed a database with the default schedule, tune a kernel).
 
 The Relax side is `qcompile.relay_passes.x86_int8_dispatch`.

@@ -35,6 +35,7 @@ from tvm import tirx
 from tvm.s_tir import Schedule
 
 from qcompile.fallbacks import schedule_errors, tvm_errors
+from qcompile.schedules.rules import register_custom_rules
 
 from . import compute, intrinsics, region_ops
 
@@ -100,7 +101,7 @@ def _has_root(sch: Schedule) -> bool:
     try:
         sch.get_sblock("root")
         return True
-    except Exception:  # noqa: BLE001 - TVM raises a generic error for a missing block
+    except schedule_errors():  # a missing block: ScheduleError
         return False
 
 
@@ -530,12 +531,7 @@ def register_rules() -> tuple[str, ...]:
     """Register the MetaSchedule custom rules `s_tir.meta_schedule.cpu.<rule>` and the
     intrinsics they tensorize with (also needed before opening a tuning database)."""
     intrinsics.register_all()
-    names = []
-    for rule in compute.RULES.values():
-        name = f"s_tir.meta_schedule.cpu.{rule}"
-        tvm.register_global_func(name, _rule, override=True)
-        names.append(name)
-    return tuple(names)
+    return register_custom_rules("cpu", compute.RULES.values(), _rule)
 
 
 def has_qcompile_block(func) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..frontend import TensorSpec
-from ..gpu import opencl as ocl
+from . import opencl as ocl
 
 PROGRAM_NAME = "program.json"
 KERNELS_NAME = "kernels.cl"

@@ -35,11 +35,14 @@ def _scheduled(mod) -> set[str]:
     return out
 
 
-def schedule_module(mod, target, database=None, record: dict | None = None):
+def schedule_module(mod, target, database=None, record: dict | None = None, fallbacks=None):
     """Schedule every PrimFunc of a fused Relax module for an OpenCL `target`.
 
     `record` (if given) receives {PrimFunc name: "tuning database" | "int8 template" |
-    "dlight" | "int8 template failed (...), dlight"}."""
+    "dlight"}. A function holding an int8 template that the template schedule refuses runs
+    on the dlight rules instead and gets an entry in `fallbacks` (a
+    `qcompile.fallbacks.FallbackLog`, model.json `fallbacks`); without a log, the refusal
+    raises."""
     import tvm
     from tvm import relax
 
@@ -47,14 +50,13 @@ def schedule_module(mod, target, database=None, record: dict | None = None):
 
     intrinsics.register()
     schedule.register_rules()
-    schedule.SKIPPED.clear()
     with target, tvm.transform.PassContext(opt_level=3):
         done = _scheduled(mod)
         if database is not None:
             with database:
                 mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
         tuned = _scheduled(mod) - done
-        mod = schedule.apply_default_schedules(mod, target)
+        mod = schedule.apply_default_schedules(mod, target, fallbacks=fallbacks)
         templated = _scheduled(mod) - done - tuned
         mod = dlight_rules()(mod)
         rest = _scheduled(mod) - done - tuned - templated
@@ -64,8 +66,7 @@ def schedule_module(mod, target, database=None, record: dict | None = None):
         for n in sorted(templated):
             record[n] = "int8 template"
         for n in sorted(rest):
-            why = schedule.SKIPPED.get(n)
-            record[n] = f"int8 template failed ({why}), dlight" if why else "dlight"
+            record[n] = "dlight"
     return mod
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 
+from ...fallbacks import schedule_errors, tvm_errors
 from . import compute, intrinsics
 
 NONE_RULE = "None"
@@ -38,7 +39,19 @@ DEFAULT_UNROLL = 64
 
 
 class _ScheduleError(Exception):
-    pass
+    """This module's own refusal: a function whose structure the templates do not expect."""
+
+
+# model.json `fallbacks` entry of a function whose template could not be scheduled
+STAGE = "opencl int8 template schedule"
+INSTEAD = "dlight GPU rules (generic s32 kernel, no DOT4 tiling)"
+
+
+def _route_errors() -> tuple[type[BaseException], ...]:
+    """What one schedule route may raise when it refuses: a TVM primitive (ScheduleError,
+    InternalError, the ValueError of TVM's Python wrappers) or this module's structural
+    checks. Anything else is a bug in the schedule and propagates."""
+    return (*tvm_errors(), _ScheduleError)
 
 
 def _ext(sch, loop) -> int:
@@ -289,12 +302,19 @@ def schedule_fused(sch, block=None, tune: bool = False, max_threads: int | None 
             for blk in _blocks(trial):
                 trial.annotate(blk, "schedule_rule", NONE_RULE)
             return trial
-        except Exception as err:  # noqa: BLE001 - try the next route
-            errors.append(f"{route}: {type(err).__name__}: {str(err).strip()[-400:]}")
+        # only schedule refusals (see _route_errors): a route that TVM or the template
+        # refuses falls to the next one; if all refuse, every route's reason (the last line
+        # of TVM's message) reaches the caller and model.json `fallbacks`
+        except _route_errors() as err:
+            last = (str(err).strip().splitlines() or [""])[-1].strip()
+            last = last.removeprefix("Error message: ")[-300:]
+            errors.append(f"{route}: {type(err).__name__}: {last}")
     raise _ScheduleError("cannot schedule the int8 kernel: " + " | ".join(errors))
 
 
 def _rule(sch, block):
+    # a tuning candidate the template cannot schedule stays unscheduled here; the build's
+    # default schedule (`apply_default_schedules`) records the same failure as a fallback
     try:
         return [schedule_fused(sch, block, tune=True)]
     except _ScheduleError:
@@ -304,15 +324,10 @@ def _rule(sch, block):
 @functools.lru_cache(maxsize=None)
 def register_rules() -> tuple[str, ...]:
     """Register `s_tir.meta_schedule.opencl.<rule>` for every template (idempotent)."""
-    import tvm
+    from ...schedules.rules import register_custom_rules
 
     intrinsics.register()
-    names = []
-    for rule in compute.RULES.values():
-        name = f"s_tir.meta_schedule.opencl.{rule}"
-        tvm.register_global_func(name, _rule, override=True)
-        names.append(name)
-    return tuple(names)
+    return register_custom_rules("opencl", compute.RULES.values(), _rule)
 
 
 def has_int8_block(func) -> bool:
@@ -321,9 +336,11 @@ def has_int8_block(func) -> bool:
 
     try:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    except Exception:  # noqa: BLE001
+        return find_main_block(sch)[0] is not None
+    # a function without schedulable blocks (no "root" block): TVM's ScheduleError; such a
+    # function holds no template block by construction
+    except schedule_errors():
         return False
-    return find_main_block(sch)[0] is not None
 
 
 def default_schedule(func, max_threads: int = 256):
@@ -340,10 +357,12 @@ def _is_scheduled(func) -> bool:
     return attrs is not None and "tirx.is_scheduled" in attrs and bool(attrs["tirx.is_scheduled"])
 
 
-def apply_default_schedules(mod, target):
+def apply_default_schedules(mod, target, fallbacks=None):
     """Schedule every not-yet-scheduled PrimFunc holding an int8 template (default tiles).
     A function whose template cannot be scheduled is left to the generic GPU rules (still
-    exact: plain s32 arithmetic), and the reason is kept in `SKIPPED`."""
+    exact: plain s32 arithmetic) with an entry in `fallbacks` (a
+    `qcompile.fallbacks.FallbackLog`: kernel, `STAGE`, `INSTEAD`, reason); without a log
+    the error propagates, so a failure is never dropped."""
     from tvm import tirx
 
     max_threads = int(target.attrs.get("max_threads_per_block", 256)) \
@@ -356,11 +375,10 @@ def apply_default_schedules(mod, target):
             continue
         try:
             updates[gv] = default_schedule(func, max_threads)
-        except _ScheduleError as err:
-            SKIPPED[gv.name_hint] = str(err)
+        except _ScheduleError as err:  # every route refused (schedule_fused)
+            if fallbacks is None:
+                raise
+            fallbacks.add(gv.name_hint, STAGE, INSTEAD, err)
     for gv, f in updates.items():
         mod[gv] = f
     return mod
-
-
-SKIPPED: dict[str, str] = {}
