@@ -97,6 +97,10 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     fallbacks = FallbackLog()
     mod, kernel_default = _dispatch_kernels(mod, spec, dispatch_report, fallbacks,
                                             winograd=config.winograd)
+    for e in dispatch_report:  # an integer op no template takes runs the generic kernel
+        if "left_alone" in e:
+            fallbacks.add(e["var"], f"{spec.family} int8 dispatch ({e['op']})",
+                          "generic int8 kernel (no dot-product template)", e["left_alone"])
     int8_kernels = _summarize_dispatch(dispatch_report)
     if int8_kernels_line(int8_kernels):
         _log("qcompile: " + int8_kernels_line(int8_kernels), quiet)
@@ -151,15 +155,20 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
         executable = codegen.compile_fused(fused, target, database=database,
                                            default_schedule=kernel_default,
                                            fallbacks=fallbacks, stats=codegen_stats)
+    else:  # scheduled here, so template fallbacks are known before --strict and model.json
+        from .gpu import artifact as gpu_artifact
+
+        gpu_scheduled = gpu_artifact.schedule(fused, target, database=database,
+                                              fallbacks=fallbacks)
+    fallbacks.name_nodes(kernel_map, imported.node_names)
     if fallbacks:
         _log(f"qcompile: {len(fallbacks)} fallback(s), see model.json `fallbacks` / qcompile "
-             "inspect: " + "; ".join(f"{f.kernel} ({f.stage} -> {f.instead})"
-                                     for f in fallbacks[:3]), quiet)
+             "inspect: " + "; ".join(f.describe() for f in fallbacks[:3]), quiet)
         if config.strict:
             raise QCompileError(
                 "--strict: the build fell back for " + "; ".join(
-                    f"{f.kernel}: {f.stage} did not apply ({f.reason}), runs {f.instead}"
-                    for f in fallbacks) + ". Drop --strict to accept the slower kernels.")
+                    f.describe() for f in fallbacks)
+                + ". Drop --strict to accept the slower kernels.")
     meta = {
         "runtime": "relax-vm" if executable is not None else "opencl",
         "model": {"source": str(imported.source), "nodes": len(imported.onnx_model.graph.node)},
@@ -181,10 +190,8 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
     }
     if executable is None:
         # OpenCL family: the wheel has no OpenCL runtime, so the artifact is the kernels,
-        # their launch list and the weights, run by qcompile.runtimes.opencl (docs/gpu.md)
-        from .gpu import artifact as gpu_artifact
-
-        out, meta = gpu_artifact.write(out_dir, fused, target, meta, database=database)
+        # their launch list and the weights, run by qcompile.gpu.runtime (docs/gpu.md)
+        out, meta = gpu_artifact.write_scheduled(out_dir, gpu_scheduled, target, meta)
         _log(f"qcompile: {meta['opencl']['kernels']} OpenCL kernels, "
              f"{meta['opencl']['launches']} launches", quiet)
     else:
@@ -212,22 +219,22 @@ def _summarize_dispatch(report: list) -> dict:
 def _dispatch_kernels(mod, spec, report: list | None = None, fallbacks=None,
                       winograd: bool = True):
     """Rewrite integer ops into the target's kernel templates; returns (mod, default-schedule
-    function for those templates or None); `report` receives the x86 dispatch entries."""
-    from . import schedules
+    function for those templates or None); `report` receives the dispatch entries (per
+    integer op its kernel, or why it was left alone) of either family."""
+    if spec.family == "opencl":  # template schedule failures: gpu.artifact.schedule
+        from .gpu import schedules as gpu_schedules
 
-    if spec.family == "opencl":
-        from .schedules import opencl
+        return gpu_schedules.dispatch(mod, spec, report=report), None
+    from .schedules import dispatch_for
 
-        return opencl.dispatch(mod, spec), None
-    dispatch = getattr(schedules, "dispatch_for", None)
-    if dispatch is None:
-        return mod, None
-    return dispatch(mod, spec, report=report, fallbacks=fallbacks, winograd=winograd)
+    return dispatch_for(mod, spec, report=report, fallbacks=fallbacks, winograd=winograd)
 
 
 def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:
     """One row per PrimFunc: the ONNX nodes it computes and the precision it runs in."""
     from tvm import tirx
+
+    from . import codegen
 
     rows = []
     for gv, func in fused.functions.items():
@@ -236,7 +243,7 @@ def _kernel_rows(fused, kernel_map, node_names) -> list[dict]:
         dtypes = {str(p.dtype) for p in func.params if hasattr(p, "dtype")}
         rows.append({
             "function": gv.name_hint,
-            "nodes": [node_names.get(n, n) for n in kernel_map.get(gv.name_hint, [])],
+            "nodes": codegen.onnx_nodes(kernel_map.get(gv.name_hint, []), node_names),
             "precision": "int8" if dtypes & {"uint8", "int8"} else "f32",
             "param_dtypes": sorted(dtypes),
         })

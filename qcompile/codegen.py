@@ -8,7 +8,7 @@ loops), so an untuned build still uses every core.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
 
 from .fallbacks import tvm_errors
 
@@ -46,9 +46,10 @@ def fuse(mod, target, fast_math: bool = False):
 def fuse_with_map(mod, target, fast_math: bool = False):
     """Legalize and fuse; returns (fused module, kernel map).
 
-    The kernel map says, for each PrimFunc the VM will call, which named bindings (ONNX
-    nodes, through the frontend's provenance) it computes: read after FuseOps, when each
-    fused group is still a Relax function of the original bindings."""
+    The kernel map says, for each PrimFunc the VM will call, which bindings it computes
+    (the named ones are ONNX nodes, through the frontend's provenance; `anonymous` tells the
+    others): read after FuseOps, when each fused group is still a Relax function of the
+    original bindings."""
     import tvm
     from tvm import relax
 
@@ -83,16 +84,33 @@ def _kernel_map(grouped) -> dict[str, list[str]]:
             inner = funcs[callee.name_hint]
             names = [ib.var.name for ib in bindings(inner)
                      if isinstance(ib.value, relax.Call)]
-            out.setdefault(callee.name_hint, []).extend(n for n in names if not _anon(n))
+            out.setdefault(callee.name_hint, []).extend(names)
         elif getattr(callee, "name", None) == "relax.call_tir":
             gv = val.args[0]
-            if not _anon(b.var.name):
-                out.setdefault(gv.name_hint, []).append(b.var.name)
+            out.setdefault(gv.name_hint, []).append(b.var.name)
     return out
 
 
-def _anon(name: str) -> bool:
+def anonymous(name: str) -> bool:
+    """A binding the frontend or a pass named without an ONNX node (`lv12`, `gv`)."""
+    name = _BLOCKED.sub("", name)
     return name.startswith("lv") and (name[2:].isdigit() or name == "lv") or name.startswith("gv")
+
+
+# the x86 dispatch binds a value in the blocked layout as `<name>_nchw<L>c`
+_BLOCKED = re.compile(r"_nchw\d+c$")
+
+
+def onnx_nodes(bindings, node_names: dict[str, str]) -> list[str]:
+    """The ONNX nodes of a kernel's bindings, in order, once each: anonymous bindings left
+    out, the dispatch's blocked-layout copies (`conv1_nchw8c`) named after their node."""
+    out = []
+    for b in bindings:
+        if anonymous(b):
+            continue
+        base = b if b in node_names else _BLOCKED.sub("", b)
+        out.append(node_names.get(base, base))
+    return list(dict.fromkeys(out))
 
 
 def compile_fused(mod, target, database=None, default_schedule=None, fallbacks=None,

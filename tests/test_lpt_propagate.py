@@ -51,6 +51,14 @@ def test_clip_to_a_bound_between_levels_stays():
     tvm.ir.assert_structural_equal(run(before), before)
 
 
+def test_a_refused_rule_reports_its_reason():
+    c_ = ctx()
+    before = unary(lambda d: relax.op.clip(d, relax.prim_value(0.0), relax.prim_value(0.123)))
+    tvm.ir.assert_structural_equal(PropagateDequantize(c_)(before), before)
+    assert c_.notes == [{"node": "op", "op": "clip", "reason": "dequantize not propagated "
+                         "through it: clip bound is not a quantization level"}]
+
+
 def test_scale_by_positive_scalar_constant():
     after = run(unary(lambda d: relax.op.multiply(d, c(np.float32(4.0)))))
     with IR(X) as ir:

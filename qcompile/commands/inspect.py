@@ -36,6 +36,8 @@ def run(args) -> int:
     print(f"fallbacks: {len(fallbacks)}" + (" (where the build did less than its best)"
                                             if fallbacks else ""))
     for f in fallbacks:
-        print(f"  {f['kernel']}: {f['stage']} did not apply -> {f['instead']} ({f['reason']})")
+        nodes = f" [nodes {', '.join(f['nodes'])}]" if f.get("nodes") else ""
+        print(f"  {f['kernel']}{nodes}: {f['stage']} did not apply -> {f['instead']} "
+              f"({f['reason']})")
     print(format_table({**meta, "ops": ops}))  # ends with the summary line
     return 0

@@ -18,7 +18,9 @@ accepts `P`, `y` is rewritten into `dequantize(f_int(q), P')` — the integer op
   multiply / divide by a positive scalar constant: no integer op, the scale absorbs it
 A dequantize of a constant (weights, biases) is folded through the shape ops instead (the
 result stays `dequantize(constant)`). Ops not in the table are left alone. Each rule is a
-`can_transform` check (reason when not) apart from its `transform`, as in OpenVINO's LPT.
+`can_transform` check (reason when not) apart from its `transform`, as in OpenVINO's LPT; a
+refusal is reported (model.json `notes`) with the rule's reason. A concat of unequal
+parameters is not refused here: pass 4 requantizes its inputs.
 """
 from __future__ import annotations
 
@@ -222,11 +224,11 @@ class PropagateBase(BindingRewriter):
             if name not in CONST_FOLD:
                 return None
             folded = eval_op(value, [qc] + [None] * (len(value.args) - 1))
-            if folded is None or rule.can_transform(self, value, p) is not None:
+            if folded is None or self._refused(var, name, rule.can_transform(self, value, p)):
                 return None
             return dequantize(relax.const(np.ascontiguousarray(folded)),
                               rule.params(self, value, p))
-        if rule.can_transform(self, value, p) is not None:
+        if self._refused(var, name, rule.can_transform(self, value, p)):
             return None
         p2 = rule.params(self, value, p)
         new = rule.transform(self, value, q, p)
@@ -234,6 +236,12 @@ class PropagateBase(BindingRewriter):
             return dequantize(q, p2)
         qv = self.emit(new, var.name)
         return self.finish(var, dequantize(qv, p2), var.name + "__dq")
+
+    def _refused(self, var, name: str, why: str | None) -> bool:
+        """Record a rule's reason for not taking an op (model.json `notes`); True if refused."""
+        if why is not None:
+            self.report(var, name.split(".")[-1], f"dequantize not propagated through it: {why}")
+        return why is not None
 
     def _fields(self, expr):
         t = self.value_of(expr)
@@ -260,7 +268,8 @@ class PropagateBase(BindingRewriter):
         if d is None or self.const(d[0]) is not None:
             return None
         q, p = d
-        if not p.per_tensor and p.axis == int(call.attrs.axis) % len(shape_of(q)):
+        if self._refused(var, "split", "per-channel parameters along the split axis" if (
+                not p.per_tensor and p.axis == int(call.attrs.axis) % len(shape_of(q))) else None):
             return None
         t = self.emit(relax.Call(call.op, [q], call.attrs), var.name)
         n = len(t.ty.fields)
