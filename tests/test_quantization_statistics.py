@@ -146,3 +146,31 @@ def test_non_finite_activations_are_counted_and_reported():
     assert s.summary()["non_finite"] == 2
     r = quantize_detailed(conv_net(), conv_data(4), target="avx2")
     assert r.report["calibration"]["non_finite_activations"] == {}
+
+
+def test_empty_ranges_are_reported():
+    """A constant-zero activation and an all-zero weight channel quantize exactly (0 is a
+    level) but are listed by tensor in the report, not widened silently."""
+    from onnx import numpy_helper
+
+    from qcompile.quantization.report import summary
+
+    m = conv_net()
+    inits = {t.name: t for t in m.graph.initializer}
+    w1 = numpy_helper.to_array(inits["w1"])
+    inits["w1"].CopyFrom(numpy_helper.from_array(np.zeros_like(w1), "w1"))
+    inits["b1"].CopyFrom(numpy_helper.from_array(np.full(w1.shape[0], -1.0, np.float32), "b1"))
+    w2 = numpy_helper.to_array(inits["w2"]).copy()
+    w2[3] = 0
+    inits["w2"].CopyFrom(numpy_helper.from_array(w2, "w2"))
+    logged = []
+    r = quantize_detailed(m, conv_data(4), target="avx2",
+                          log=logged.append)
+    zero = r.report["calibration"]["zero_ranges"]
+    assert "is empty; widened to 1e-06" in zero["r1"]          # relu1 of -1: always 0
+    assert zero["w2"].startswith("1 all-zero weight channel(s) along axis 0: 3")
+    assert "w1" in zero and "all-zero weight channel(s)" in zero["w1"]
+    assert any("'r1'" in line and "is empty" in line for line in logged)
+    assert "empty range: w2" in summary(r.report)
+    clean = quantize_detailed(conv_net(), conv_data(4), target="avx2")
+    assert clean.report["calibration"]["zero_ranges"] == {}

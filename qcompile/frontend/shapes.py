@@ -56,6 +56,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
         raise InputError(f"--input-shape names {unknown} that are not inputs of {source}; "
                          f"its inputs are {names}")
     model = onnx.ModelProto.FromString(model.SerializeToString()) if shapes else model
+    dynamic: list[tuple[str, list]] = []   # inputs left with a dynamic dim
     for vi in graph_inputs(model):
         cur = dims_of(vi)
         if vi.name in shapes:
@@ -76,11 +77,20 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
             continue
         if require_static and (cur is None or any(not (isinstance(d, int) and d > 0)
                                                    for d in cur)):
-            hint = ",".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in (cur or []))
-            raise InputError(
-                f"input {vi.name!r} of {source} has a dynamic or unknown shape {cur}; qcompile "
-                f"compiles static shapes: pass --input-shape {vi.name}={hint or 'D1,D2,...'} "
-                "with the N filled in (e.g. batch 1)")
+            dynamic.append((vi.name, cur))
+    if dynamic:
+        def hint(cur):
+            return ",".join(str(d) if isinstance(d, int) and d > 0 else
+                            (d if isinstance(d, str) and d else "N") for d in cur) \
+                if cur else "D1,D2,..."
+        symbols = sorted({d for _, cur in dynamic for d in (cur or []) if isinstance(d, str)})
+        raise InputError(
+            f"{source} has {len(dynamic)} input(s) with a dynamic or unknown shape: "
+            + "; ".join(f"{n!r} {cur}" for n, cur in dynamic)
+            + (f" (symbolic dims: {', '.join(symbols)})" if symbols else "")
+            + ". qcompile compiles static shapes: pass "
+            + " ".join(f"--input-shape {n}={hint(cur)}" for n, cur in dynamic)
+            + " with every symbolic dim replaced by its size (e.g. batch 1)")
     return model
 
 
@@ -90,10 +100,20 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
 SHAPE_PRESERVING_CUSTOM_OPS = {("org.openvinotoolkit", "FakeQuantize"), ("", "FakeQuantize")}
 
 
+def inference_errors() -> tuple[type[BaseException], ...]:
+    """What `onnx.shape_inference.infer_shapes` raises: its C++ errors (InferenceError,
+    ValidationError, SchemaError; RuntimeError / ValueError for other C++ exceptions) and
+    protobuf's (EncodeError for a model over 2 GB)."""
+    from google.protobuf.message import Error as ProtobufError
+
+    return (onnx.shape_inference.InferenceError, onnx.checker.ValidationError,
+            onnx.defs.SchemaError, ProtobufError, RuntimeError, ValueError)
+
+
 def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as err:
+    except inference_errors() as err:
         raise ModelError(f"ONNX shape inference failed on {source}: {err}") from err
 
 

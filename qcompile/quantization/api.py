@@ -149,6 +149,9 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
             "comes from the finite values only")
     _drop_non_float(plan, stats)
     calibration.assign_ranges(g, plan, stats, settings)
+    zero = calibration.zero_ranges(g, plan)
+    for t, what in zero.items():
+        log(f"warning: quantizer of {t!r}: {what}")
 
     bc_skipped: dict[str, str] = {}
     if cfg.fast_bias_correction:
@@ -181,7 +184,7 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         config=_config.to_dict(cfg),
         calibration={"samples": len(samples), "activation_stat": cfg.activation_stat,
                      "weight_stat": cfg.weight_stat, "batch_size": batch,
-                     "non_finite_activations": non_finite},
+                     "non_finite_activations": non_finite, "zero_ranges": zero},
         prepare=dataclasses.asdict(prep_log),
         ignored_scope={k: v for k, v in ignored.items()},
         accuracy_aware=aa.to_dict() if aa else None,

@@ -14,7 +14,8 @@ import numpy as np
 from onnx import ModelProto
 
 from ..errors import QuantizationError
-from .fake_quantize import activation_range, quantize_weight, symmetric_levels, weight_range
+from .fake_quantize import (MIN_RANGE, activation_range, quantize_weight, symmetric_levels,
+                            weight_range)
 from .graph import Graph
 from .placement import Plan, Quantizer
 from .progress import Progress
@@ -95,6 +96,30 @@ def non_finite(stats: dict[str, TensorStats]) -> dict[str, int]:
     mask, log(0)): tensor -> count. Their ranges come from the finite values only; the
     quantization report lists them."""
     return {t: s.non_finite for t, s in sorted(stats.items()) if s.non_finite}
+
+
+def zero_ranges(g: Graph, plan: Plan) -> dict[str, str]:
+    """Quantizers whose range is empty before widening to `MIN_RANGE`: an activation whose
+    calibrated range is ~[0, 0] (0 on every sample, or a percentile/MSE estimate of a mostly
+    zero tensor: its rare non-zero values then clip), weight channels that are all zero.
+    Usually dead units or calibration data that misses the model's domain, so the
+    quantization report and the log list them: tensor -> what is empty."""
+    out: dict[str, str] = {}
+    for q in plan.quantizers.values():
+        if q.kind == "activation":
+            lo, hi = q.raw_range if q.raw_range is not None else (-1.0, 1.0)
+            if max(hi, 0.0) - min(lo, 0.0) < MIN_RANGE:   # what activation_range widens
+                out[q.tensor] = (f"calibrated activation range [{lo:g}, {hi:g}] "
+                                 f"({q.estimator}) is empty; widened to {MIN_RANGE:g}")
+        elif q.kind == "weight" and g.is_const(q.tensor):
+            w = g.const(q.tensor)
+            axes = tuple(i for i in range(w.ndim) if i != q.axis) if q.axis is not None else None
+            zero = np.flatnonzero(np.atleast_1d(np.abs(w).max(axis=axes)) == 0)
+            if zero.size:
+                shown = ", ".join(map(str, zero[:8])) + (" ..." if zero.size > 8 else "")
+                out[q.tensor] = (f"{zero.size} all-zero weight channel(s) along axis {q.axis}: "
+                                 f"{shown}" if q.axis is not None else "all-zero weights")
+    return out
 
 
 def assign_ranges(g: Graph, plan: Plan, stats: dict[str, TensorStats], s: CalibrationSettings

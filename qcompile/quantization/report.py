@@ -79,6 +79,8 @@ def summary(r: dict) -> str:
         lines.append(f"calibration: {cal['samples']} samples, activations "
                      f"{cal['activation_stat']}, "
                      f"weights {cal['weight_stat']}")
+        for t, what in (cal.get("zero_ranges") or {}).items():
+            lines.append(f"  empty range: {t}: {what}")
     p = r.get("prepare", {})
     if p:
         lines.append(f"prepared: {p.get('constants_to_initializers', 0)} Constant nodes -> "

@@ -39,3 +39,18 @@ def scalarize(expr):
     if v is not None and v.size == 1 and v.ndim > 0:
         return relax.const(np.asarray(v).reshape(()), str(v.dtype))
     return expr
+
+
+def check_finite_constant(expr, name: str, op: str) -> None:
+    """A constant (weight) a quantizer quantizes must be finite: NaN / Inf have no level."""
+    from ...errors import ModelError
+
+    v = const_value(expr)
+    if v is None or v.dtype.kind != "f":
+        return
+    bad = ~np.isfinite(v)
+    if bad.any():
+        raise ModelError(f"{op} {name!r}: its constant input holds {int(bad.sum())} NaN/Inf "
+                         f"value(s) of {bad.size} (first at index "
+                         f"{tuple(int(i) for i in np.argwhere(bad)[0])}); they have no "
+                         "quantization level. Fix the exported model's weights")

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import QuantizationError
 from ..registry import register_converter
-from ._util import const_value, node_name
+from ._util import check_finite_constant, const_value, node_name
 
 
 def check_ranges(name: str, il, ih, ol, oh, levels) -> None:
@@ -59,6 +59,7 @@ class FakeQuantize:
         levels = attr.get("levels")
         vals = [const_value(i) for i in inputs[1:]]
         check_ranges(name, *vals, levels)
+        check_finite_constant(inputs[0], name, "FakeQuantize")
         args = [inputs[0]]
         for expr, v in zip(inputs[1:], vals):
             if v is not None and v.dtype != np.float32:

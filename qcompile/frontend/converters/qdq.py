@@ -3,7 +3,8 @@
 Per-tensor parameters (shape [] or [1]) become 0-d constants; per-axis parameters keep their
 vector and a non-negative `axis`. A missing zero point is 0 (uint8 for QuantizeLinear, the
 input's dtype for DequantizeLinear), as ONNX says. Blocked quantization and float8 are not
-supported (ModelError naming the node).
+supported (ModelError naming the node), and so is a constant scale that is 0, negative, NaN
+or Inf.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ...errors import ModelError
 from ..registry import register_converter
-from ._util import const_value, node_name, rank_of, scalarize
+from ._util import check_finite_constant, const_value, node_name, rank_of, scalarize
 
 _DTYPES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32"}
 
@@ -41,6 +42,36 @@ def _check(attr, name):
         raise ModelError(f"node {name!r}: blocked quantization (block_size) is not supported")
 
 
+def _check_scale(scale, name: str, op: str) -> None:
+    """A constant scale must be finite and positive: 0 divides by zero, NaN / Inf turn
+    every value into NaN, a negative one flips the order the integer ops rely on."""
+    sv = const_value(scale)
+    if sv is None:
+        return
+    sv = np.asarray(sv, np.float64)
+    bad = ~np.isfinite(sv) | (sv <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        what = "zero" if sv.ravel()[i] == 0 else ("not finite" if not np.isfinite(
+            sv.ravel()[i]) else "negative")
+        where = f" (element {i} of {sv.size})" if sv.size > 1 else ""
+        raise ModelError(f"{op} {name!r}: scale {sv.ravel()[i]:g}{where} is {what}; a "
+                         "quantization scale must be a finite positive number. Re-export or "
+                         "re-quantize the model (e.g. `qcompile quantize` on the fp32 model)")
+
+
+def _operands(inputs, attr, op: str):
+    """(node name, x, scale, zero point or None) after the checks both converters share."""
+    name = node_name(attr)
+    _check(attr, name)
+    x, scale = inputs[0], scalarize(inputs[1])
+    _check_scale(scale, name, op)
+    if op == "QuantizeLinear":
+        check_finite_constant(x, name, op)
+    zp = scalarize(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+    return name, x, scale, zp
+
+
 @register_converter("QuantizeLinear")
 class QuantizeLinear:
     @classmethod
@@ -51,10 +82,7 @@ class QuantizeLinear:
     def convert(bb, inputs, attr, params):
         from tvm import relax
 
-        name = node_name(attr)
-        _check(attr, name)
-        x, scale = inputs[0], scalarize(inputs[1])
-        zp = scalarize(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+        name, x, scale, zp = _operands(inputs, attr, "QuantizeLinear")
         out_dtype = str(zp.ty.dtype) if zp is not None else _DTYPES.get(
             int(attr.get("output_dtype", 0) or 0), "uint8")
         if out_dtype not in ("uint8", "int8", "uint16", "int16", "int32"):
@@ -77,10 +105,7 @@ class DequantizeLinear:
     def convert(bb, inputs, attr, params):
         from tvm import relax
 
-        name = node_name(attr)
-        _check(attr, name)
-        x, scale = inputs[0], scalarize(inputs[1])
-        zp = scalarize(inputs[2]) if len(inputs) > 2 and inputs[2] is not None else None
+        name, x, scale, zp = _operands(inputs, attr, "DequantizeLinear")
         if zp is None:
             zp = relax.const(np.zeros((), str(x.ty.dtype)))
         if str(scale.ty.dtype) != "float32":
