@@ -13,8 +13,6 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..report import format_table
-
     res = build(args.model, from_args(BuildConfig, args), args.output, quiet=args.quiet)
     if not args.quiet:
         print(res.meta["precision_summary"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 
@@ -31,8 +32,9 @@ def parse_inputs(items: list[str], input_names: list[str]) -> dict[str, np.ndarr
             raise InputError(f"--input {name}: file {path!r} does not exist")
         try:
             feed[name] = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise InputError(f"--input {name}: {path!r} is not a readable .npy file ({err})")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(
+                f"--input {name}: {path!r} is not a readable .npy file ({err})") from err
     return feed
 
 

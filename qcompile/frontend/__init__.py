@@ -97,7 +97,7 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto,
                             opset=opset_of(proto), keep_params_in_input=False)
     except QCompileError:  # ModelError, QuantizationError from a converter: already clear
         raise
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - TVM's converters raise any type; ModelError
         raise ModelError(f"importing {source} into Relax failed: {type(err).__name__}: "
                          f"{str(err).strip().splitlines()[-1] if str(err).strip() else err}") from err
     ret = mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else mod["main"].body.ty

@@ -83,8 +83,8 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         if ok and not any(o in used_by_graph_output for o in node.output):
             try:
                 outs = _eval_node(node, values, opset)
-            except Exception:
-                outs = None
+            except Exception:  # noqa: BLE001 - a node the reference evaluator cannot run stays
+                outs = None    # computed (folding is an optimization)
             if outs is not None and all(np.asarray(o).size <= MAX_FOLDED_ELEMENTS for o in outs):
                 for name, val in zip(node.output, outs):
                     values[name] = np.asarray(val)

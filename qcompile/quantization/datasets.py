@@ -273,7 +273,9 @@ def load_image(path: Path, spec, cfg: DatasetConfig) -> np.ndarray:
     try:
         img = Image.open(path)
         img = img.convert("L" if channels == 1 or cfg.image_color == "GRAY" else "RGB")
-    except Exception as err:  # noqa: BLE001
+    # OSError: missing/unidentified/truncated file; PIL's plugins also raise SyntaxError,
+    # EOFError and ValueError for malformed data
+    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError) as err:
         raise QuantizationError(f"cannot read image {path}: {err}") from err
     h, w = size
     if cfg.image_resize == "stretch":

@@ -170,10 +170,13 @@ def _drop_unused(m: ModelProto) -> None:
 
 
 def upgrade_opset(model: ModelProto, version: int) -> ModelProto:
+    from google.protobuf.message import Error as ProtobufError
     from onnx import version_converter
     try:
         return version_converter.convert_version(model, version)
-    except Exception as err:  # noqa: BLE001
+    # RuntimeError: no adapter / an adapter's assertion; the rest from its C++ and protobuf
+    except (RuntimeError, ValueError, onnx.shape_inference.InferenceError,
+            onnx.checker.ValidationError, ProtobufError) as err:
         raise QuantizationError(
             f"--format qdq needs opset >= {version} (per-channel DequantizeLinear) and converting "
             f"the model from opset {opset_version(model)} failed: {err}. Use --format fq.") from err

@@ -28,7 +28,7 @@ def _session(model: ModelProto, threads: int | None, optimize: bool):
     try:
         return ort.InferenceSession(model.SerializeToString(), so,
                                     providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - ORT's errors have no common base; re-raised
         raise QuantizationError(f"ONNX Runtime cannot load the model ({model.graph.name}): "
                                 f"{err}") from err
 
@@ -77,7 +77,7 @@ class Runner:
         names = outputs or self.output_names
         try:
             vals = self.session.run(names, feed)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - ORT's errors have no common base; re-raised
             shapes = {k: (tuple(v.shape), str(v.dtype)) for k, v in feed.items()}
             raise QuantizationError(
                 f"running the model on a calibration sample failed: {err}\n"

@@ -460,7 +460,11 @@ def eval_op(call, args):
         return None
     try:
         return fn(call, *args)
-    except Exception:  # noqa: BLE001
+    # what numpy and the handlers raise for a call they cannot fold: symbolic or unknown
+    # result shapes (TypeError), shape/axes mismatches (ValueError), missing attributes
+    # (AttributeError), layouts the reference does not cover (NotImplementedError)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, ArithmeticError,
+            NotImplementedError):
         return None
 
 

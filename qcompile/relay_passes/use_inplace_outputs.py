@@ -112,7 +112,6 @@ def _pointwise_to_output(blocks, buf, out, params) -> bool:
         else:
             derived.append(w.source)  # an intermediate of the same index space
     return reached
-    return found
 
 
 def inplace_candidates(mod: tvm.IRModule) -> dict[str, list[int]]:

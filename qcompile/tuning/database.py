@@ -238,9 +238,15 @@ class DatabaseLock:
     """flock on DIR/.qcompile-lock; released on close() or when the process dies (SIGKILL
     included), so a killed run never leaves a stale lock.
 
-    Kept on the standard library's fcntl rather than `filelock` on purpose: builds open a
-    database *shared* (many readers at once) and tuning opens it *exclusive*; filelock's
-    FileLock has only the exclusive mode, so readers would serialize each other."""
+    Builds open a database *shared* (many readers at once), tuning opens it *exclusive*. This
+    stays on the standard library's fcntl.flock (POSIX only) rather than the `filelock`
+    package: its FileLock and SoftFileLock have only the exclusive mode, and its
+    ReadWriteLock (3.21+), which has both, is built on SQLite transactions: a second, SQLite
+    database file in every tuning-db directory, SQLite's requirements on the filesystem, and
+    per-process reentrant holds by default (a second exclusive open in the same process would
+    nest instead of being refused), for what flock gives in one kernel call: shared or
+    exclusive, non-blocking, and dropped by the kernel with the descriptor. The holder's pid
+    is written into the lock file for the "in use" message."""
 
     def __init__(self, path: Path, exclusive: bool):
         import fcntl
@@ -318,7 +324,7 @@ def _diagnose(path: Path) -> str:
     try:
         wls = [ms.database.Workload.from_json(json.loads(line))
                for line in (path / WORKLOADS).read_text().splitlines()]
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - diagnosing a failed load: any error is the answer
         return f"a workload in {WORKLOADS} cannot be decoded: {type(err).__name__}"
     try:
         lines = (path / RECORDS).read_text().splitlines() if (path / RECORDS).exists() else []
@@ -328,7 +334,7 @@ def _diagnose(path: Path) -> str:
         idx, rec = json.loads(line)
         try:
             ms.database.TuningRecord.from_json(rec, wls[idx])
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - diagnosing a failed load: any error is the answer
             msg = str(err).strip().splitlines()[-1] if str(err).strip() else ""
             hint = ""
             if "GetSBlock" in str(err) or "ScheduleError" in type(err).__name__ \
@@ -374,7 +380,7 @@ def open_database(path: str | os.PathLike, spec, create: bool = True, writable: 
             try:
                 return OpenedDatabase(_load_snapshot(plain, scans), path, False, None, [],
                                       True)
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:  # noqa: BLE001 - TVM raises several types; TuningDatabaseError
                 raise _load_error(plain, err) from err
     _ensure_dir_and_header(path, spec, create)
     if writable:
@@ -417,7 +423,7 @@ def open_database(path: str | os.PathLike, spec, create: bool = True, writable: 
         return OpenedDatabase(db, path, False, None, [], False)
     except TuningDatabaseError:
         raise
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - TVM raises several types; TuningDatabaseError
         raise _load_error(path, err) from err
     finally:
         if lock is not None:
@@ -452,11 +458,11 @@ def shipped_files(path: Path):
 def register_schedule_rules(spec) -> None:
     """Register qcompile's kernel-template rules and tensor intrinsics for the target's
     family: TVM replays every record's trace when it loads a database, and a trace that
-    tensorizes with an unregistered intrinsic fails (DESIGN §5)."""
+    tensorizes with an unregistered intrinsic fails (docs/DEVELOPING.md, TVM 0.27 facts)."""
     import importlib
 
     module = {"x86": "qcompile.schedules.x86.schedule",
-              "opencl": "qcompile.schedules.opencl.schedule"}.get(spec.family)
+              "opencl": "qcompile.gpu.schedules.schedule"}.get(spec.family)
     if module is None:
         return
     try:

@@ -132,11 +132,15 @@ def server_init(name: str | None = None) -> None:
         return json.dumps(local_info(name or f"{socket.gethostname()}:{_bound_port()}"))
 
     tvm.register_global_func(SERVER_INFO_FUNC, server_info, override=True)
+    # OpenCL measuring is optional on a CPU board
     try:
         from ..gpu import remote as gpu_remote
-
+        from ..gpu.opencl import OpenCLUnavailable
+    except ImportError:
+        return
+    try:
         gpu_remote.server_init()
-    except Exception:  # noqa: BLE001 - OpenCL measuring is optional on a CPU board
+    except (ImportError, OpenCLUnavailable):
         pass
 
 
@@ -171,7 +175,7 @@ def _with_timeout(fn, timeout: float, what: str):
     def run():
         try:
             box["value"] = fn()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - any failure of fn is re-raised as RPCError
             box["error"] = err
 
     t = threading.Thread(target=run, daemon=True)
@@ -224,13 +228,20 @@ def format_status(summary: dict, host: str, port: int) -> str:
     return "\n".join(lines)
 
 
+# What asking a server for `qcompile.rpc.server_info` raises when it is not a qcompile
+# server: AttributeError (no such function: a plain TVM server), RuntimeError (tvm's
+# RPCError: the function failed remotely), ValueError / TypeError (its answer is not JSON
+# text), KeyError / AttributeError / TypeError (the JSON is not the expected object).
+_NOT_QCOMPILE_SERVER = (AttributeError, RuntimeError, ValueError, TypeError, KeyError)
+
+
 def probe_server(settings: RPCSettings) -> dict | None:
     """Ask one free server of the key who it is (None: a plain TVM server without qcompile)."""
     def ask():
         sess = settings.rpc_config().connect_server()
         try:
             return json.loads(sess.get_function(SERVER_INFO_FUNC)())
-        except Exception:  # noqa: BLE001 - not a qcompile server
+        except _NOT_QCOMPILE_SERVER:
             return None
 
     return _with_timeout(ask, settings.connect_timeout + settings.session_timeout,
@@ -263,13 +274,6 @@ def check_fleet(settings: RPCSettings, required_flags, log=None) -> int:
     return n
 
 
-def _server_name(session) -> str:
-    try:
-        return json.loads(session.get_function(SERVER_INFO_FUNC)())["name"]
-    except Exception:  # noqa: BLE001
-        return "tvm-rpc-server"
-
-
 def run_evaluator(log_path: str | None, key: str, required_flags: tuple, session, rt_mod,
                   device, evaluator_config, repeated_args) -> list[float]:
     """RPCRunner's f_run_evaluator: MetaSchedule's own timing, plus a check that the server's
@@ -280,7 +284,7 @@ def run_evaluator(log_path: str | None, key: str, required_flags: tuple, session
     try:
         info = json.loads(session.get_function(SERVER_INFO_FUNC)())
         name, flags = info["name"], set(info.get("cpu_flags", []))
-    except Exception:  # noqa: BLE001 - plain TVM server
+    except _NOT_QCOMPILE_SERVER:  # a plain TVM server
         pass
     if flags is not None:
         missing = [f for f in required_flags if f not in flags]

@@ -10,6 +10,7 @@ tuple of placeholders (LayerNormalization) returns its first field.
 """
 from __future__ import annotations
 
+from ...fallbacks import tvm_errors
 from ..registry import _REGISTRY, _original_convert_map, register_converter
 
 # control flow / tuple-producing ops are left as TVM converts them
@@ -37,7 +38,7 @@ class _Rebind:
                     for i in inputs):
                 try:
                     val = bb.lookup_binding(out)
-                except Exception:  # noqa: BLE001
+                except tvm_errors():
                     val = None
                 if isinstance(val, relax.Call):
                     return val
