@@ -31,6 +31,7 @@ def format_stats(s: dict) -> str:
 def counters(model, feed, meta: dict) -> str:
     """benchmark_app-style per-layer counters from the Relax VM profiler."""
     from .relay_passes.use_inplace_outputs import INPLACE_SUFFIX
+    from .report import render_table
 
     kernels = {k["function"]: k for k in meta.get("kernels", [])}
     rows = [(name, sec * 1e6) for name, sec in model.profile(feed)]
@@ -38,13 +39,15 @@ def counters(model, feed, meta: dict) -> str:
     for name, dur in rows:
         agg.setdefault(name, []).append(dur)
     total = sum(sum(v) for v in agg.values()) or 1.0
-    lines = [f"{'layer (kernel)':48s} {'calls':>5s} {'time us':>10s} {'%':>6s} "
-             f"{'precision':9s} {'nodes'}"]
+    cells = []
     for name, durs in sorted(agg.items(), key=lambda kv: -sum(kv[1])):
         # an in-place variant (relay_passes/use_inplace_outputs.py) is listed under its kernel
         k = kernels.get(name) or kernels.get(name.removesuffix(INPLACE_SUFFIX), {})
-        lines.append(f"{name[:48]:48s} {len(durs):5d} {sum(durs):10.1f} "
-                     f"{100 * sum(durs) / total:6.2f} {k.get('precision', '-'):9s} "
-                     f"{', '.join(k.get('nodes', [])[:4])}")
-    lines.append(f"Total: {total / 1e3:.3f} ms in {sum(len(v) for v in agg.values())} calls")
-    return "\n".join(lines)
+        cells.append([name[:48], str(len(durs)), f"{sum(durs):.1f}",
+                      f"{100 * sum(durs) / total:.2f}", k.get("precision", "-"),
+                      ", ".join(k.get("nodes", [])[:4])])
+    # benchmark_app's columns, for reading the two reports side by side
+    table = render_table([("layer (kernel)", "left"), ("calls", "right"), ("time us", "right"),
+                          ("%", "right"), ("precision", "left"), ("nodes", "left")], cells)
+    return (table + f"\nTotal: {total / 1e3:.3f} ms in "
+            f"{sum(len(v) for v in agg.values())} calls")

@@ -183,15 +183,42 @@ def summary_line(rows: list[dict]) -> str:
     return f"{n8} of {len(counted)} compute ops in INT8; f32: [{shown}]"
 
 
+def render_table(columns: list[tuple[str, str]], rows: list[list[str]]) -> str:
+    """A plain-text table drawn by `rich`: `columns` are (header, "left" | "right") pairs,
+    `rows` their cells as strings (taken literally: no rich markup). One ASCII rule under the
+    header (rich's SIMPLE box drawn with "-": the text prints on any stream encoding), two
+    spaces between columns, no colors, no cell wrapping (the console is wide, so piped output
+    and logs keep one row a line), no trailing spaces. Returns the table without a final
+    newline, for `print` or for callers that add lines below it."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    simple_ascii = box.Box("    \n    \n -- \n    \n    \n -- \n    \n    \n", ascii=True)
+    table = Table(box=simple_ascii, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    for header, justify in columns:
+        table.add_column(header, justify=justify, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    buf = io.StringIO()
+    Console(file=buf, width=10_000, color_system=None, highlight=False, markup=False,
+            emoji=False).print(table)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+
+
 def format_table(meta: dict) -> str:
+    """The per-op table (`qcompile inspect`) followed by the summary line."""
     rows = meta.get("ops") or []
-    width = max([len(r["node"]) for r in rows] + [4])
-    width = min(width, 48)
-    lines = [f"{'node':{width}s} {'op':22s} {'precision':9s} {'in':12s} {'out':5s} reason"]
+    width = min(max([len(r["node"]) for r in rows] + [4]), 48)
+    cells = []
     for r in rows:
         ins = ",".join(r.get("in_dtypes") or []) or "-"
-        lines.append(f"{r['node'][:width]:{width}s} {r['op'][:22]:22s} {r['precision']:9s} "
-                     f"{ins[:12]:12s} {str(r.get('out_dtype') or '-'):5s} "
-                     f"{r.get('reason', '') if r['precision'] != 'int8' else ''}")
-    lines.append(meta.get("precision_summary", summary_line(rows)))
-    return "\n".join(lines)
+        cells.append([r["node"][:width], r["op"][:22], r["precision"], ins[:12],
+                      str(r.get("out_dtype") or "-"),
+                      r.get("reason", "") if r["precision"] != "int8" else ""])
+    table = render_table([("node", "left"), ("op", "left"), ("precision", "left"),
+                          ("in", "left"), ("out", "left"), ("reason", "left")], cells)
+    return table + "\n" + meta.get("precision_summary", summary_line(rows))

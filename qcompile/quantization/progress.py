@@ -1,6 +1,7 @@
 """Progress bars of the PTQ passes (statistics, bias correction, ranking, debug) on stderr,
-drawn by `rich` when stderr is a terminal or when forced (`--progress`); silent otherwise,
-so logs and pipes get no carriage-return noise."""
+drawn by `rich` when stderr is an interactive terminal (the test the tuning progress uses,
+qcompile.tuning.progress.interactive) or when forced (`--progress`); silent otherwise, so
+logs, pipes and CI get no carriage-return noise."""
 from __future__ import annotations
 
 import sys
@@ -8,12 +9,16 @@ import sys
 
 class Progress:
     """`with Progress(total, desc, enabled) as bar: ... bar.update()`; enabled=None: only on
-    a terminal. total=None: a counter without a bar."""
+    an interactive terminal. total=None: a counter without a bar."""
 
     def __init__(self, total: int | None, desc: str, enabled: bool | None = None, stream=None):
         self.total, self.desc, self.n = total, desc, 0
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        if enabled is None:
+            from ..tuning.progress import interactive
+
+            enabled = interactive(self.stream)
+        self.enabled = enabled
         self._bar = None
         if self.enabled:
             from rich.console import Console

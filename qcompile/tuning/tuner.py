@@ -14,6 +14,8 @@ builder/runner a caller passes (OpenCL). Candidates are always built here.
 """
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import json
 import logging
@@ -239,7 +241,7 @@ def _tune_locked(opened, tasks, spec, target, trials, summary, log, stream, *, t
         log(f"qcompile: tuning {len(todo)}/{len(tasks)} tasks, {left} trials"
             + (f" (resuming: {resumed} records already measured)" if resumed else "")
             + (f", time budget {time_budget:.0f}s" if time_budget else ""))
-    with _graceful_sigint(interrupted, log):
+    with _graceful_sigint(interrupted, log), contextlib.closing(prog):
         ms.tune_tasks(tasks=ctxs, task_weights=weights, work_dir=str(db_path),
                       max_trials_global=sum(x.budget for x in task_infos),
                       max_trials_per_task=max(x.budget for x in task_infos),
