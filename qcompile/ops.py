@@ -1,7 +1,7 @@
 """qcompile's custom Relax ops (registered from Python on import) and their legalization.
 
 * `qcompile.fake_quantize(x, il, ih, ol, oh)`, attr `levels`: OpenVINO opset1 FakeQuantize
-  (DESIGN §3), element-wise with numpy broadcasting of the four range tensors, f32.
+  (docs/architecture.md, numerics contract), element-wise with numpy broadcasting of the four range tensors, f32.
 * `qcompile.requantize(acc, multiplier)`, attrs `axis, out_zp, out_dtype, clip_min,
   clip_max`: `clip(round_half_even(f32(acc) * multiplier) + out_zp, clip_min, clip_max)`,
   `multiplier` a f32 scalar or a vector along `axis`.

@@ -9,7 +9,7 @@ the quantization ops follow docs/integer-ir.md to the bit:
     requantize    clip(round_half_even(f32(acc) * f32(mult)) + out_zp, clip_min, clip_max)
     qadd          clip(round_half_even(f32(f32(a - a_zp) * a_mult) + f32(f32(b - b_zp) *
                   b_mult)) + out_zp, ...)             (every f32 operation rounded separately)
-    fake_quantize OpenVINO opset1 FakeQuantize in f32 (DESIGN §3)
+    fake_quantize OpenVINO opset1 FakeQuantize in f32 (docs/architecture.md, numerics contract)
 
 Float ops (the f32 remainder of a model: softmax, layer norm, ...) are computed in float32
 numpy; they agree with a compiled module only approximately. Whatever op the executor does
@@ -77,7 +77,7 @@ def _per_axis(v: np.ndarray, rank: int, axis: int) -> np.ndarray:
 
 
 def fake_quantize(x, il, ih, ol, oh, levels: int) -> np.ndarray:
-    """OpenVINO opset1 FakeQuantize, float32, numpy broadcasting (DESIGN §3)."""
+    """OpenVINO opset1 FakeQuantize, float32, numpy broadcasting (docs/architecture.md, numerics contract)."""
     x = np.asarray(x, F32)
     il, ih, ol, oh = (np.asarray(v, F32) for v in (il, ih, ol, oh))
     steps = F32(levels - 1)

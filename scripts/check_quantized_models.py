@@ -223,7 +223,7 @@ def agreement(build_dir, cut_model, logits, inp, shape, n, rng, n_ref=20):
     """qcompile against the references: onnxruntime (int8 kernels), onnxruntime without graph
     optimizations (QDQ executed literally in f32), OpenVINO's CPU plugin; for FakeQuantize
     models (which onnxruntime cannot load) the FakeQuantize graph executed in f32 by
-    qcompile.reference (DESIGN §3 formula) on the first `n_ref` inputs."""
+    qcompile.reference (the numerics contract of docs/architecture.md) on the first `n_ref` inputs."""
     import qcompile
     from qcompile import reference
     from qcompile.frontend import import_onnx

@@ -66,6 +66,64 @@ def cnn_path(tmp_path, cnn_model):
     return p
 
 
+def build_demo_cnn(tmp_path_factory, target: str):
+    """The fp32 demo CNN saved as DIR/cnn.onnx and built for `target` into DIR/build, in a
+    fresh temporary DIR: (DIR, BuildResult). The module-scoped build fixtures of
+    test_build_run.py (host) and test_gpu_artifact.py (intel-gpu) share it."""
+    from qcompile.build import BuildConfig, build
+    from qcompile.demo import make_demo_model
+
+    d = tmp_path_factory.mktemp(f"cnn-{target}")
+    onnx.save(make_demo_model(), d / "cnn.onnx")
+    res = build(str(d / "cnn.onnx"), BuildConfig(target=target), d / "build", quiet=True)
+    return d, res
+
+
+# ONNX ops an int8 kernel template computes (conv2d / dense / batch-matmul)
+TEMPLATE_OPS = ("Conv", "MatMul", "Gemm", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                "MatMulInteger")
+
+
+def check_cli_run_and_bench(build_dir, tmp_path, niter: int = 5) -> str:
+    """`qcompile run` of the demo CNN's build (softmax output sums to 1) and `qcompile bench`
+    with per-kernel counters; returns bench's stdout."""
+    import subprocess
+
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-m", "qcompile", "run", str(build_dir), "--input",
+                          f"input={tmp_path / 'x.npy'}", "--output", str(tmp_path / "o.npz")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = np.load(tmp_path / "o.npz")["prob"]
+    assert got.shape == (1, 10) and abs(got.sum() - 1) < 1e-4
+    bench = subprocess.run([sys.executable, "-m", "qcompile", "bench", str(build_dir),
+                            "-niter", str(niter), "-report_type", "average_counters"],
+                           capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr
+    for word in ("Median:", "Throughput:", "fused_conv2d"):
+        assert word in bench.stdout
+    return bench.stdout
+
+
+def assert_opencl_int8_kernels_complete(meta: dict) -> set[str]:
+    """Every kernel computing an int8 Conv / MatMul / Gemm of an OpenCL build's model.json
+    runs its int8 template, or is listed in `fallbacks` with its reason -- not a count: the
+    set of such kernels must equal templated | fallen back, and no kernel may be both.
+    Returns the templated kernels."""
+    int8_nodes = {r["node"] for r in meta["ops"]
+                  if r["op"] in TEMPLATE_OPS and r["precision"] == "int8"}
+    int8_kernels = {k["function"] for k in meta["kernels"] if int8_nodes & set(k["nodes"])}
+    templated = {k for k, v in meta["opencl"]["schedules"].items() if v == "int8 template"}
+    fell_back = {f["kernel"] for f in meta["fallbacks"] if f["stage"].startswith("opencl int8")}
+    assert int8_nodes and int8_kernels, meta["kernels"]
+    assert all(f["reason"] for f in meta["fallbacks"]), meta["fallbacks"]
+    assert not templated & fell_back, (templated, meta["fallbacks"])
+    assert int8_kernels == templated | fell_back, (int8_kernels, meta["opencl"]["schedules"],
+                                                   meta["fallbacks"])
+    return templated
+
+
 def ort_run(model_or_path, feed):
     import onnxruntime as ort
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ort_run
+from conftest import build_demo_cnn, check_cli_run_and_bench, ort_run
 from qcompile.build import BuildConfig, build
 from qcompile.errors import ArtifactError, InputError, QCompileError
 from qcompile.runtime import load
@@ -14,13 +14,7 @@ from qcompile.runtime import load
 
 @pytest.fixture(scope="module")
 def cnn_build(tmp_path_factory):
-    from qcompile.demo import make_demo_model
-    import onnx
-
-    d = tmp_path_factory.mktemp("cnn")
-    onnx.save(make_demo_model(), d / "cnn.onnx")
-    res = build(str(d / "cnn.onnx"), BuildConfig(target="host"), d / "build", quiet=True)
-    return d, res
+    return build_demo_cnn(tmp_path_factory, "host")
 
 
 def test_artifact_files_and_metadata(cnn_build):
@@ -129,19 +123,9 @@ def test_artifact_for_missing_cpu_flags_is_refused(cnn_build, tmp_path):
 
 def test_cli_run_and_bench(cnn_build, tmp_path):
     d, _ = cnn_build
-    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
-    np.save(tmp_path / "x.npy", x)
-    out = subprocess.run([sys.executable, "-m", "qcompile", "run", str(d / "build"), "--input",
-                          f"input={tmp_path / 'x.npy'}", "--output", str(tmp_path / "o.npz")],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    got = np.load(tmp_path / "o.npz")["prob"]
-    assert got.shape == (1, 10) and abs(got.sum() - 1) < 1e-4
-    bench = subprocess.run([sys.executable, "-m", "qcompile", "bench", str(d / "build"), "-niter",
-                            "5", "-report_type", "average_counters"], capture_output=True, text=True)
-    assert bench.returncode == 0, bench.stderr
-    for word in ("Median:", "P90:", "Min:", "Max:", "Throughput:", "fused_conv2d"):
-        assert word in bench.stdout
+    bench = check_cli_run_and_bench(d / "build", tmp_path, niter=5)
+    for word in ("P90:", "Min:", "Max:"):
+        assert word in bench
     bad = subprocess.run([sys.executable, "-m", "qcompile", "run", str(d / "build"), "--input",
                           f"input={tmp_path / 'missing.npy'}"], capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.npy" in bad.stderr and "Traceback" not in bad.stderr

@@ -66,10 +66,10 @@ def test_fake_quantize_model(tmp_path, capsys):
     integers_exact(mod, x)
     y = load(tmp_path / "b")({"input": x})["prob"]
     np.testing.assert_allclose(y, reference.run(mod, [x]), atol=1e-5)
-    # the FakeQuantize graph itself, executed in f32 (DESIGN §3 formula, which equals
+    # the FakeQuantize graph itself, executed in f32 (the FakeQuantize formula of docs/architecture.md, which equals
     # OpenVINO's reference FakeQuantize bit for bit: test_reference_numerics)
     np.testing.assert_allclose(y, reference.run(import_onnx(m).mod, [x]), atol=1e-3)
-    ov = pytest.importorskip("openvino")
+    import openvino as ov
     core = ov.Core()
     cm = core.compile_model(core.read_model(str(tmp_path / "fq.onnx")), "CPU",
                             {"INFERENCE_PRECISION_HINT": "f32"})

@@ -1,4 +1,4 @@
-"""FakeQuantize numerics (DESIGN §3): the numpy reference, and how ranges become FQ parameters.
+"""FakeQuantize numerics (docs/architecture.md, numerics contract): the numpy reference, and how ranges become FQ parameters.
 
 `fake_quantize()` is OpenVINO opset1 FakeQuantize, element-wise with broadcasting:
 
@@ -42,7 +42,7 @@ def fake_quantize(x, il, ih, ol, oh, levels: int) -> np.ndarray:
 
 
 def check_range(il, ih, where: str) -> None:
-    """An FQ with il == ih or a NaN bound is invalid input (DESIGN §3)."""
+    """An FQ with il == ih or a NaN bound is invalid input (docs/architecture.md, numerics contract)."""
     il, ih = np.asarray(il), np.asarray(ih)
     if np.isnan(il).any() or np.isnan(ih).any():
         raise QuantizationError(f"{where}: FakeQuantize range contains NaN")

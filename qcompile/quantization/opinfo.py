@@ -49,7 +49,7 @@ LINEAR_OPS: dict[str, LinearOp] = {
 }
 
 # Ops the low-precision passes run on integers in their input's precision (no quantizer of
-# their own; DESIGN §1 step 2). Reported as "precision-preserving", not as fp32 compute.
+# their own; low-precision step 2, docs/low-precision.md). Reported as "precision-preserving", not as fp32 compute.
 PRECISION_PRESERVING = {"Relu", "Clip", "MaxPool", "GlobalMaxPool", "Reshape", "Flatten",
                         "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice", "Split", "Pad",
                         "DepthToSpace", "SpaceToDepth"}

@@ -1,4 +1,4 @@
-"""The ordered low-precision pipeline (DESIGN §1, steps 1-4, and the report).
+"""The ordered low-precision pipeline (docs/architecture.md, docs/low-precision.md: steps 1-4, and the report).
 
 `run(mod, ctx)` applies the passes in order to a freshly imported Relax module:
 
