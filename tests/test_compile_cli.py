@@ -69,6 +69,25 @@ def test_compile_with_metric_gate(files, tmp_path, capsys):
     assert g["kind"] == "metric" and g["passed"] and np.isfinite(g["metric_int8"])
 
 
+def test_compile_with_a_time_budget_tunes_within_it(files, capsys):
+    """--time-budget alone means: tune until it is spent (database in the build folder),
+    then build with the records, then the gate."""
+    import time
+
+    out = files / "tb"
+    t0 = time.time()
+    rc = cli.main(["compile", str(files / "m.onnx"), "--data", str(files / "calib.npy"),
+                   "--holdout", "8", "--subset-size", "100", "--time-budget", "40s",
+                   "-o", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().out
+    meta = json.loads((out / "model.json").read_text())
+    t = meta["tuning"]
+    assert t["time_budget"] == 40 and t["trials"] > 0 and t["tuned_now"] > 0
+    assert t["seconds"] <= 40 + 30          # the budget, plus the candidates in flight
+    assert (out / "tuning").is_dir() and meta["config"]["time_budget"] == 40
+    assert meta["compile"]["gate"]["passed"] and time.time() - t0 < 300
+
+
 def test_compile_needs_data(files, capsys):
     rc = cli.main(["compile", str(files / "m.onnx"), "-o", str(files / "x")])
     assert rc == 2 and "--data" in capsys.readouterr().err
