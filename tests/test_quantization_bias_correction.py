@@ -75,3 +75,20 @@ def test_layer_without_bias_slot_is_reported():
     r = quantize_detailed(m, np.random.default_rng(0).standard_normal((4, 1, 16))
                           .astype(np.float32), target="avx512-vnni")
     assert r.report["bias_correction"]["skipped"]["fc2"] == "no constant bias to correct"
+
+
+def test_bias_correction_averages_over_an_even_subset():
+    """--bias-correction-subset-size N: N samples spread over the calibration set (NNCF's
+    FastBiasCorrection uses 100); 0 or more than there are: all of them."""
+    from qcompile.quantization import bias_correction, quantize_detailed
+
+    items = list(range(300))
+    picked = bias_correction.subset(items, 100)
+    assert len(picked) == 100 and picked[0] == 0 and picked[-1] == 299
+    assert len(set(picked)) == 100 and max(np.diff(picked)) <= 4
+    assert bias_correction.subset(items, 0) == items == bias_correction.subset(items, 500)
+    data = conv_data(12)
+    r = quantize_detailed(conv_net(), data, target="avx2", bias_correction_subset_size=5)
+    assert r.report["bias_correction"]["samples"] == 5
+    assert quantize_detailed(conv_net(), data, target="avx2").report[
+        "bias_correction"]["samples"] == 12

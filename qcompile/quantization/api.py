@@ -154,8 +154,10 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         log(f"warning: quantizer of {t!r}: {what}")
 
     bc_skipped: dict[str, str] = {}
+    bc_samples: list = []
     if cfg.fast_bias_correction:
-        bc_skipped = bias_correction.correct(prepared, g, plan, samples, batch, threads,
+        bc_samples = bias_correction.subset(samples, cfg.bias_correction_subset_size)
+        bc_skipped = bias_correction.correct(prepared, g, plan, bc_samples, batch, threads,
                                              cfg.progress)
         for node, why in bc_skipped.items():
             if "not finite" in why:
@@ -189,7 +191,8 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         ignored_scope={k: v for k, v in ignored.items()},
         accuracy_aware=aa.to_dict() if aa else None,
         seconds=round(time.time() - t0, 2))
-    rep["bias_correction"].update(enabled=cfg.fast_bias_correction, skipped=bc_skipped)
+    rep["bias_correction"].update(enabled=cfg.fast_bias_correction, skipped=bc_skipped,
+                                  samples=len(bc_samples))
     return QuantizationResult(prepared, plan, reverted, rep)
 
 

@@ -64,6 +64,13 @@ def find_bias(g: Graph, n, out_channels: int) -> BiasSite | None:
     return BiasSite(n.name, other, add.name, 1 - i, out_channels)
 
 
+def subset(samples: list, n: int) -> list:
+    """`n` samples spread evenly over `samples` (all of them when n <= 0 or n >= len)."""
+    if n <= 0 or n >= len(samples):
+        return samples
+    return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, n).round()]
+
+
 def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.ndarray]],
             batch_size: int = 1, threads: int | None = None, progress: bool | None = None
             ) -> dict[str, str]:

@@ -47,6 +47,9 @@ class QuantizeConfig:
                                   "(OpenVINO on AVX2)")
     fast_bias_correction: bool = flag(True, help="shift biases of Conv/Gemm/MatMul layers to "
                                                  "undo the mean error quantization adds")
+    bias_correction_subset_size: int = flag(
+        100, help="calibration samples (evenly spread) the bias correction averages over; "
+                  "0: all of them (default: 100, NNCF's FastBiasCorrection subset)")
     fold_batchnorm: bool = flag(True, help="fold BatchNormalization into the Conv before it")
     ignore_name: list[str] = flag(default_factory=list, repeat=True, metavar="NODE",
                                   help="keep this node in fp32 (repeatable)")

@@ -88,7 +88,8 @@ def summary(r: dict) -> str:
                      f"folded, {p.get('nodes_named', 0)} nodes named")
     bc = r["bias_correction"]
     if bc.get("enabled"):
-        lines.append(f"fast bias correction: {len(bc['corrected'])} layers corrected, "
+        lines.append(f"fast bias correction ({bc.get('samples', '?')} samples): "
+                     f"{len(bc['corrected'])} layers corrected, "
                      f"{len(bc.get('skipped', {}))} not ({_reasons(bc.get('skipped', {}))})")
     lines.append(f"not quantized: {f['count']} ops ({_counts(f['by_type'])}):")
     for reason, nodes in sorted(f["by_reason"].items(), key=lambda kv: -len(kv[1])):
