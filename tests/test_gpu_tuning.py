@@ -15,6 +15,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from qcompile import targets  # noqa: E402
+from qcompile.tuning.tuner import prepare_metaschedule_logging  # noqa: E402
 from conftest import require_opencl  # noqa: E402
 
 SPEC = targets.resolve("intel-gpu")
@@ -84,6 +85,7 @@ def test_tune_with_opencl_runner_then_build_uses_the_record(tmp_path):
     ctx = ms.TuneContext(mod=task.dispatched[0], target=target,
                          space_generator="post-order-apply", search_strategy="replay-trace",
                          task_name=task.task_name, rand_state=7)
+    prepare_metaschedule_logging()
     ms.tune_tasks(tasks=[ctx], task_weights=[1.0], work_dir=str(tmp_path / "work"),
                   max_trials_global=6, max_trials_per_task=6, num_trials_per_iter=3,
                   database=db, cost_model="random", task_scheduler="round-robin", **pair)

@@ -879,11 +879,14 @@ def test_metaschedule_tuning_end_to_end(tmp_path):
     intrinsic of the wheel (10-40 s each, depending on load)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from qcompile.tuning.tuner import prepare_metaschedule_logging
+
     spec = TARGETS["avx2"]
     skip_unless_runnable(spec)
     unscheduled, name, x, ref = _conv_task(spec)
     task = unscheduled[name]
     target = spec.tvm_target()
+    prepare_metaschedule_logging()
     db = ms.tir_integration.tune_tir(
         task, target, str(tmp_path), max_trials_global=2, num_trials_per_iter=2, seed=1,
         # replay the rule's traces with fresh samples (scripts/bench_kernels.py runs the

@@ -52,6 +52,19 @@ class TuneSummary:
         return format_summary(self.per_task, self.seconds, self.stopped_by, self.servers)
 
 
+def prepare_metaschedule_logging() -> None:
+    """Call before any MetaSchedule tuning entry point (`tune_tasks`, `tune_tir`).
+
+    MetaSchedule rebuilds its logging config from the names of the handlers already on its
+    logger and fails on an unnamed one (`'NoneType' object has no attribute 'format'`): one a
+    test harness or an embedding application attached, or one an earlier run left. TVM's
+    dictConfig replaces them anyway, so drop those first."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    ms_logger.setLevel(logging.WARNING)
+    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
+        ms_logger.removeHandler(handler)
+
+
 class TuningInterrupted(KeyboardInterrupt):
     """Ctrl-C during tuning: the candidates in flight were finished and recorded."""
 
@@ -174,13 +187,7 @@ def _tune_locked(opened, tasks, spec, target, trials, summary, log, stream, *, t
                 seen_counts["counts"][k] = seen_counts["counts"].get(k, 0) + v
             return dict(seen_counts["counts"])
 
-    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-    ms_logger.setLevel(logging.WARNING)
-    # MetaSchedule rebuilds its logging config from the names of the handlers already on its
-    # logger and fails on an unnamed one (e.g. one a test harness or an embedding application
-    # attached): TVM's dictConfig replaces them anyway, so drop those first.
-    for handler in [h for h in ms_logger.handlers if h.get_name() is None]:
-        ms_logger.removeHandler(handler)
+    prepare_metaschedule_logging()
     names = [t.task_name for t in tasks]
     loggers = get_loggers_from_work_dir(str(db_path), names)
     seeds = fork_seed(seed, n=len(tasks))

@@ -71,7 +71,10 @@ def tune_kernel(func: tirx.PrimFunc, target, work_dir: str, trials: int,
     """MetaSchedule-tune one fused kernel; returns (best schedule or None, database)."""
     from tvm.s_tir import meta_schedule as ms
 
+    from qcompile.tuning.tuner import prepare_metaschedule_logging
+
     schedule.register_rules()
+    prepare_metaschedule_logging()
     database = ms.database.JSONDatabase(work_dir=work_dir)
     if seed_default:
         seed_with_default(database, func, target)
