@@ -98,6 +98,11 @@ def non_finite(stats: dict[str, TensorStats]) -> dict[str, int]:
     return {t: s.non_finite for t, s in sorted(stats.items()) if s.non_finite}
 
 
+def _reduce_axes(w: np.ndarray, q: Quantizer) -> tuple[int, ...] | None:
+    """The axes a weight's per-channel statistics reduce over (None: per tensor)."""
+    return tuple(i for i in range(w.ndim) if i != q.axis) if q.axis is not None else None
+
+
 def zero_ranges(g: Graph, plan: Plan) -> dict[str, str]:
     """Quantizers whose range is empty before widening to `MIN_RANGE`: an activation whose
     calibrated range is ~[0, 0] (0 on every sample, or a percentile/MSE estimate of a mostly
@@ -113,7 +118,7 @@ def zero_ranges(g: Graph, plan: Plan) -> dict[str, str]:
                                  f"({q.estimator}) is empty; widened to {MIN_RANGE:g}")
         elif q.kind == "weight" and g.is_const(q.tensor):
             w = g.const(q.tensor)
-            axes = tuple(i for i in range(w.ndim) if i != q.axis) if q.axis is not None else None
+            axes = _reduce_axes(w, q)
             zero = np.flatnonzero(np.atleast_1d(np.abs(w).max(axis=axes)) == 0)
             if zero.size:
                 shown = ", ".join(map(str, zero[:8])) + (" ..." if zero.size > 8 else "")
@@ -158,7 +163,7 @@ def assign_ranges(g: Graph, plan: Plan, stats: dict[str, TensorStats], s: Calibr
 
 def _weight(g: Graph, q: Quantizer, method: str) -> None:
     w = g.const(q.tensor).astype(np.float32)
-    axes = tuple(i for i in range(w.ndim) if i != q.axis) if q.axis is not None else None
+    axes = _reduce_axes(w, q)
     q.estimator = method
     if q.mode == "asymmetric":
         lo = np.minimum(w.min(axis=axes), 0.0)
@@ -184,7 +189,7 @@ def _weight(g: Graph, q: Quantizer, method: str) -> None:
 
 def _weight_mse(w: np.ndarray, absmax: np.ndarray, q: Quantizer) -> np.ndarray:
     """Per-channel clipping threshold minimising the squared weight error."""
-    axes = tuple(i for i in range(w.ndim) if i != q.axis) if q.axis is not None else None
+    axes = _reduce_axes(w, q)
     best = np.full(np.shape(absmax), np.inf)
     best_m = np.asarray(absmax, np.float64).copy()
     for f in np.linspace(0.6, 1.0, 21):
