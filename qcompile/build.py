@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from . import artifact, targets
-from .config import flag, parse_duration, parse_shape_assignment, to_dict
+from .config import (flag, parse_duration, parse_shape_assignment, parse_value_assignment,
+                     to_dict)
 from .errors import QCompileError
 
 
@@ -24,6 +25,12 @@ class BuildConfig:
     input_shapes: dict[str, tuple[int, ...]] = flag(
         default_factory=dict, name="--input-shape", parse=parse_shape_assignment, repeat=True,
         metavar="NAME=D1,D2,...", help="static shape for an input (repeatable)")
+    input_values: dict[str, tuple[float, ...]] = flag(
+        default_factory=dict, name="--input-value", parse=parse_value_assignment, repeat=True,
+        metavar="NAME=V[,V...]", help="freeze an input to a constant (repeatable; like "
+        "OpenVINO's --input \"sr[]->16000\"): it becomes an initializer of the input's dtype "
+        "and leaves the graph inputs, and an If whose condition depends only on it is replaced "
+        "by its taken branch")
     trials: int = flag(0, help="MetaSchedule tuning trials in total (0: no tuning; default "
                        "schedules and any records already in --tuning-db are used)")
     tuning_db: str | None = flag(None, help="tuning database directory (created if missing, "
@@ -86,7 +93,7 @@ def build(model, config: BuildConfig, out_dir, quiet: bool = False,
                             "(qcompile tune --rpc) and pass its --tuning-db")
     target = spec.tvm_target(config.num_threads)
     _log(f"qcompile: target {spec.name} ({spec.description})", quiet)
-    imported = frontend.import_onnx(model, config.input_shapes)
+    imported = frontend.import_onnx(model, config.input_shapes, config.input_values)
     _log(f"qcompile: imported {imported.source} ({len(imported.onnx_model.graph.node)} nodes, "
          f"{imported.folded_nodes} folded)", quiet)
     ctx = lp.LowPrecisionContext(spec=spec, strict=config.strict,

@@ -141,6 +141,36 @@ def parse_shape_assignment(text: str) -> dict[str, tuple[int, ...]]:
     return {name: shape}
 
 
+def _scalar(text: str):
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(t)
+    except ValueError:
+        return float(t)          # 2.5, 1e3, nan, inf; ValueError when not a number
+
+
+def parse_value_assignment(text: str) -> dict[str, tuple]:
+    """`name=16000` / `name=1,2.5` / `name=true` -> {"name": (16000,)} (for --input-value):
+    numbers (ints stay ints) or true/false; the dtype comes from the model input."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(
+            f"--input-value expects NAME=V[,V...] (e.g. sr=16000), got {text!r}")
+    name, vals = text.rsplit("=", 1)
+    parts = [v for v in vals.split(",") if v.strip()]
+    if not name or not parts:
+        raise argparse.ArgumentTypeError(
+            f"--input-value {text!r}: needs an input name and at least one value, e.g. sr=16000")
+    try:
+        return {name: tuple(_scalar(v) for v in parts)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--input-value {text!r}: values must be numbers or true/false, comma-separated"
+        ) from None
+
+
 def parse_duration(text: str) -> float:
     """`90`, `90s`, `20m`, `1.5h` -> seconds."""
     t = text.strip().lower()

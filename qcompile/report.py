@@ -154,6 +154,13 @@ def precision_table(mod, imported, ctx) -> dict:
                              or "not quantized in the model (no quantize / FakeQuantize on "
                                 "its inputs)")
         rows.append(row)
+    # compute nodes inside If/Loop/Scan bodies: run as imported, in f32 (neither the PTQ nor
+    # the low-precision passes look inside control flow), each with its owner in the reason
+    for e in getattr(imported, "control_flow", None) or []:
+        if e["op"] in COMPUTE_OPS:
+            rows.append({"node": e["node"], "op": e["op"], "precision": "f32",
+                         "converted": False, "relax_op": None, "in_dtypes": None,
+                         "out_dtype": None, "reason": e["reason"]})
     return {"ops": rows, "summary": summary_line(rows),
             "unconverted": list(getattr(ctx, "unconverted", []) or [])}
 

@@ -61,6 +61,9 @@ class ZooModel:
     metric: str            # task metric (METRICS below)
     family: str
     extra_inputs: dict = dataclasses.field(default_factory=dict)  # constant side inputs
+    # inputs frozen to a constant (`--input-value NAME=V`, OpenVINO's `--input "sr[]->16000"`):
+    # an If on them becomes its taken branch; NNCF / ORT / OpenVINO get the same frozen model
+    values: dict = dataclasses.field(default_factory=dict)
     builder: str | None = None  # built with onnx.helper instead (BUILDERS below): no wheel
 
 
@@ -80,6 +83,18 @@ ZOO = [
     ZooModel("silero_vad", "silero-vad==6.2.3", "silero_vad/data/silero_vad_openvino_16k.onnx",
              "", {"input": (1, 576), "state": (2, 1, 128)}, "speech", "prob",
              "voice activity (STFT conv + LSTM cell)"),
+    # the wheel's real exports, where the 16 kHz / 8 kHz networks sit in the two branches of an
+    # If on the sample-rate input `sr` (silero_vad.onnx: opset 16, Constant weights inside the
+    # branches, shape-dependent inner Ifs and an LSTM; the op18 one: an unrolled LSTM cell,
+    # branch nodes reading top-level initializers); sr frozen to 16000
+    ZooModel("silero_vad_if", "silero-vad==6.2.3", "silero_vad/data/silero_vad.onnx",
+             "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+             {"input": (1, 576), "state": (2, 1, 128)}, "speech", "prob",
+             "voice activity, If on sr (--input-value sr=16000)", values={"sr": (16000,)}),
+    ZooModel("silero_vad_op18", "silero-vad==6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
+             "7671cd04b004e9076da0d4a7b1a5aec36adf161c39230c1cb94a4fd5db6bbd28",
+             {"input": (1, 576), "state": (2, 1, 128)}, "speech", "prob",
+             "voice activity op18, If on sr (--input-value sr=16000)", values={"sr": (16000,)}),
     ZooModel("magika", "magika==1.0.3", "magika/models/standard_v3_3/model.onnx", "",
              {"bytes": (1, 2048)}, "file_bytes", "top1", "byte-level content-type net (int32)"),
     # no wheel checked ships a transformer encoder (the hunt is in the README), so this one is
@@ -410,13 +425,14 @@ def ov_run(path, feeds, threads=2):
 
 
 def static_fp32(src: Path, m: ZooModel, work: Path) -> Path:
-    """The fp32 model with the zoo's static input shapes (what NNCF / ORT quantize and
-    OpenVINO run), shapes inferred and Shape chains folded by qcompile's frontend."""
+    """The fp32 model with the zoo's static input shapes and frozen inputs (what NNCF / ORT
+    quantize and OpenVINO run), shapes inferred, Shape chains folded and constant-condition
+    Ifs inlined by qcompile's frontend."""
     import onnx
     from qcompile.frontend import prepare
     out = work / f"{m.name}_static.onnx"
     if not out.exists():
-        proto, _, _ = prepare(str(src), m.shapes)
+        proto, _, _ = prepare(str(src), m.shapes, m.values)
         onnx.save(proto, str(out))
     return out
 
@@ -427,7 +443,8 @@ def step_fp32(m, src, work, ev, res):
     from qcompile.build import BuildConfig, build
     b = work / f"{m.name}_fp32"
     t = time.time()
-    build(str(src), BuildConfig(target="host", input_shapes=dict(m.shapes)), b, quiet=True)
+    build(str(src), BuildConfig(target="host", input_shapes=dict(m.shapes),
+                                input_values=dict(m.values)), b, quiet=True)
     res["fp32_build_s"] = round(time.time() - t, 1)
     cm = qcompile.load(b)
     ref = ort_run(static_fp32(src, m, work), ev)
@@ -446,7 +463,8 @@ def step_qcompile(m, src, work, calib, ev, ref, res):
     from qcompile.build import BuildConfig, build
     from qcompile.quantization import quantize_detailed, save
     t = time.time()
-    r = quantize_detailed(str(src), calib, subset_size=len(calib), input_shapes=dict(m.shapes))
+    r = quantize_detailed(str(src), calib, subset_size=len(calib), input_shapes=dict(m.shapes),
+                          input_values=dict(m.values))
     res["qc_ptq_s"] = round(time.time() - t, 1)
     q = work / f"{m.name}_qc_int8.onnx"
     save(r.model(), q)

@@ -50,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="fp32 ONNX model")
     p.add_argument("-o", "--output", required=True, help="build directory to write")
     add_config_arguments(p, BuildConfig)
-    # --target and --input-shapes serve both the PTQ rules and the build (same dest);
+    # --target, --input-shape and --input-value serve both the PTQ and the build (same dest);
     # the output format of the intermediate model is always FakeQuantize
-    add_config_arguments(p, QuantizeConfig, skip=("target", "input_shapes", "format"))
+    add_config_arguments(p, QuantizeConfig,
+                         skip=("target", "input_shapes", "input_values", "format"))
     add_config_arguments(p, DatasetConfig)
     add_config_arguments(p, CompileConfig)
     p.add_argument("--quiet", action="store_true", help="print only the summary and errors")
@@ -81,7 +82,7 @@ def _split(samples: list, holdout: int, has_val: bool) -> tuple[list, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..quantization import accuracy_aware, metrics
-    from ..quantization.api import quantize_detailed, save
+    from ..quantization.api import apply_input_flags, quantize_detailed, save
     from ..quantization.config import QuantizeConfig
     from ..quantization.datasets import DatasetConfig, make_dataset, take
     from ..quantization.graph import load_model
@@ -100,11 +101,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
 
-    fp32 = load_model(args.model)
-    if qcfg.input_shapes:
-        from ..frontend.shapes import fix_input_shapes
-
-        fp32 = fix_input_shapes(fp32, qcfg.input_shapes, str(args.model), require_static=False)
+    fp32 = apply_input_flags(load_model(args.model), qcfg.input_shapes, qcfg.input_values,
+                             str(args.model))
     has_val = bool(qcfg.val_data)
     pool = list(take(make_dataset(dcfg.data, fp32, dcfg),
                      qcfg.subset_size + (0 if has_val else ccfg.holdout)))
@@ -131,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         bcfg = dataclasses.replace(bcfg, trials=-1)
     if bcfg.trials != 0 and not bcfg.tuning_db:
         bcfg = dataclasses.replace(bcfg, tuning_db=str(out / "tuning"))
-    res = build(str(qpath), bcfg, out, quiet=args.quiet)
+    # the quantized model has the --input-value inputs as constants already (or folded away)
+    res = build(str(qpath), dataclasses.replace(bcfg, input_values={}), out, quiet=args.quiet)
 
     # 3. accuracy gate: the compiled module vs fp32 on held-back samples
     t1 = time.time()

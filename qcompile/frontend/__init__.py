@@ -1,9 +1,12 @@
 """ONNX -> Relax import.
 
-`import_onnx(model, input_shapes)` loads and validates the model, fixes input shapes, runs
-shape inference and constant folding, checks every op type against the converters (one error
-listing all unsupported op types with their node names, before any compile work), then
-imports through TVM's Relax importer extended by qcompile's converter registry.
+`import_onnx(model, input_shapes, input_values)` loads and validates the model, freezes the
+inputs given a value (`--input-value`: they become initializers), fixes input shapes, runs
+shape inference and constant folding (which also replaces an `If` with a constant condition
+by its taken branch), checks every op type against the converters (one error listing all
+unsupported op types with their node names, before any compile work), then imports through
+TVM's Relax importer extended by qcompile's converter registry. Nodes left inside the bodies
+of If/Loop/Scan are listed in `ImportedModel.control_flow` (the precision table shows them).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections import defaultdict
 import onnx
 
 from ..errors import ModelError, QCompileError, UnsupportedOpsError
+from .control_flow import freeze_inputs, subgraph_nodes
 from .fold import fold_constants
 from .loader import load_model, opset_of
 from .registry import patched_importer, registered_op_types, sanitize, tvm_supported_op_types
@@ -41,6 +45,8 @@ class ImportedModel:
     node_names: dict[str, str]          # sanitized Relax var name -> ONNX node name
     node_op_types: dict[str, str]       # ONNX node name -> op type
     folded_nodes: int
+    # nodes inside If/Loop/Scan bodies left in the graph (control_flow.subgraph_nodes)
+    control_flow: list[dict] = dataclasses.field(default_factory=list)
 
 
 def supported_op_types() -> set[str]:
@@ -61,10 +67,15 @@ MAX_FOLD_ROUNDS = 16
 
 
 def prepare(model: str | os.PathLike | onnx.ModelProto,
-            input_shapes: dict[str, tuple[int, ...]] | None = None):
-    """Load, fix shapes, infer, fold: the ONNX-level half of the import (no TVM)."""
+            input_shapes: dict[str, tuple[int, ...]] | None = None,
+            input_values: dict[str, object] | None = None):
+    """Load, freeze inputs, fix shapes, infer, fold: the ONNX-level half of the import (no
+    TVM). input_values: {input name: value(s)} (`--input-value`), dtype from the input."""
     proto, source = load_model(model)
     check_tensor_io(proto, source)
+    if input_values:
+        proto = freeze_inputs(proto, input_values, input_shapes, source)
+        input_shapes = {k: v for k, v in (input_shapes or {}).items() if k not in input_values}
     proto = fix_input_shapes(proto, input_shapes, source)
     proto = infer_shapes(proto, source)
     # fold, re-infer, repeat: a folded shape (Shape->...->Reshape) makes the Reshape's output
@@ -82,8 +93,9 @@ def prepare(model: str | os.PathLike | onnx.ModelProto,
 
 
 def import_onnx(model: str | os.PathLike | onnx.ModelProto,
-                input_shapes: dict[str, tuple[int, ...]] | None = None) -> ImportedModel:
-    proto, source, folded = prepare(model, input_shapes)
+                input_shapes: dict[str, tuple[int, ...]] | None = None,
+                input_values: dict[str, object] | None = None) -> ImportedModel:
+    proto, source, folded = prepare(model, input_shapes, input_values)
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -114,4 +126,4 @@ def import_onnx(model: str | os.PathLike | onnx.ModelProto,
         op_types[name] = n.op_type
     return ImportedModel(mod=mod, inputs=inputs, outputs=outputs, source=source,
                          onnx_model=proto, node_names=node_names, node_op_types=op_types,
-                         folded_nodes=folded)
+                         folded_nodes=folded, control_flow=subgraph_nodes(proto))

@@ -8,12 +8,20 @@ in exported PP-OCR models) become constants the Relax importer accepts. Quantiza
 (QuantizeLinear, DequantizeLinear, FakeQuantize, QLinear*, *Integer) are never folded: the
 low-precision passes need them, and folding a weight's DequantizeLinear would silently turn
 an int8 weight back into fp32.
+An `If` whose condition folds to a constant is replaced by the nodes of its taken branch
+(`control_flow.inline_if`: outputs renamed to the If's, initializers hoisted, clashing names
+made unique), which are folded in the same pass; nested Ifs follow. Tensors that the bodies
+of the control-flow nodes left in the graph read from the outer scope stay available.
 """
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .control_flow import Names, implicit_inputs, inline_if
 
 NEVER_FOLD = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "FakeQuantize",
@@ -53,8 +61,10 @@ def _eval_node(node: onnx.NodeProto, values: dict[str, np.ndarray], opset: list)
     return ev.run(None, {i: values[i] for i in node.input if i})
 
 
-def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Return (folded model, number of nodes folded)."""
+def fold_constants(model: onnx.ModelProto, inlined: list | None = None
+                   ) -> tuple[onnx.ModelProto, int]:
+    """Return (folded model, number of nodes folded or If nodes inlined). `inlined`, when
+    given, receives {node, branch, condition} for each If replaced by its taken branch."""
     graph = model.graph
     values: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     shapes = _static_shapes(model)
@@ -62,7 +72,23 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     used_by_graph_output = {o.name for o in graph.output}
     keep: list[onnx.NodeProto] = []
     folded = 0
-    for node in graph.node:
+    names: Names | None = None
+    queue = deque(graph.node)
+    while queue:
+        node = queue.popleft()
+        if node.op_type == "If" and node.domain in ("", "ai.onnx") and node.input \
+                and node.input[0] in values:
+            names = names or Names(graph)
+            done = inline_if(node, values[node.input[0]], names)
+            if done is not None:   # the taken branch's nodes are folded next
+                for t in done.initializers:
+                    values[t.name] = numpy_helper.to_array(t)
+                queue.extendleft(reversed(done.nodes))
+                folded += 1
+                if inlined is not None:
+                    inlined.append({"node": node.name or node.output[0], "branch": done.branch,
+                                    "condition": node.input[0]})
+                continue
         ok = node.domain in ("", "ai.onnx") and node.op_type not in NEVER_FOLD
         if ok and node.op_type == "Shape":
             src = node.input[0]
@@ -94,6 +120,8 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if not folded:
         return model, 0
     needed = {i for n in keep for i in n.input} | {o.name for o in graph.output}
+    for n in keep:     # outer-scope tensors read inside If/Loop/Scan bodies
+        needed |= implicit_inputs(n)
     # (np.ascontiguousarray would turn a scalar into shape [1]: a Gather index then adds a dim)
     new_inits = [numpy_helper.from_array(np.array(v, order="C"), name)
                  for name, v in values.items() if name in needed]

@@ -86,6 +86,20 @@ def summary(r: dict) -> str:
         lines.append(f"prepared: {p.get('constants_to_initializers', 0)} Constant nodes -> "
                      f"initializers, {len(p.get('batchnorms_folded', []))} BatchNormalization "
                      f"folded, {p.get('nodes_named', 0)} nodes named")
+    cf = r.get("control_flow") or {}
+    parts = []
+    if cf.get("frozen_inputs"):
+        parts.append("frozen inputs " + ", ".join(
+            f"{k}={','.join(str(x) for x in v[:4])}{',...' if len(v) > 4 else ''}"
+            for k, v in cf["frozen_inputs"].items()))
+    if cf.get("inlined_ifs"):
+        parts.append(f"{len(cf['inlined_ifs'])} If node(s) with a constant condition replaced "
+                     "by their taken branch")
+    if cf.get("nodes_in_bodies"):
+        parts.append(f"{cf['nodes_in_bodies']} nodes left inside the bodies of "
+                     f"{', '.join(cf.get('owners', []))}: not quantized (listed below)")
+    if parts:
+        lines.append("control flow: " + "; ".join(parts))
     bc = r["bias_correction"]
     if bc.get("enabled"):
         lines.append(f"fast bias correction ({bc.get('samples', '?')} samples): "
