@@ -1,4 +1,8 @@
-"""Read an ONNX file (or take a ModelProto) and validate it, with errors that name the file."""
+"""Read an ONNX file (or take a ModelProto) and validate it, with errors that name the file.
+
+Weights in ONNX external data are read from the files next to the .onnx file (a missing
+one is a ModelError naming both); a model with external data, or too large to serialize
+(over 2 GB, see large_model.py), is validated from its path."""
 from __future__ import annotations
 
 import os
@@ -6,6 +10,7 @@ import os
 import onnx
 
 from ..errors import ModelError
+from . import large_model
 
 
 def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -18,18 +23,22 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelPr
     if os.path.isdir(path):
         raise ModelError(f"model path {path!r} is a directory; pass the .onnx file inside it")
     try:
-        proto = onnx.load(path)
+        proto = onnx.load(path, load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and friends
         raise ModelError(
             f"{path!r} is not a readable ONNX model ({type(err).__name__}: {err}); "
             "re-export it or check that the file is complete") from err
+    external = large_model.load_external_data(proto, path, repr(path))
     if not proto.graph.node:
         raise ModelError(f"{path!r} parsed but holds no graph nodes: is it an ONNX model?")
     if proto.ir_version < 3:
         raise ModelError(f"{path!r} has ONNX IR version {proto.ir_version}; qcompile needs >= 3 "
                          "(re-export with a current exporter)")
     try:
-        onnx.checker.check_model(proto)
+        # the checker serializes an in-memory model: above 2 GB only the path works (the
+        # file itself is small, the weights are in the external data it names)
+        onnx.checker.check_model(path if external or large_model.needs_external(proto)
+                                 else proto)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
         raise ModelError(f"{path!r} fails ONNX validation: {first}") from err

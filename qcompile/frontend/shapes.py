@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ..errors import InputError, ModelError
+from . import large_model
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
@@ -55,7 +56,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]] 
     if unknown:
         raise InputError(f"--input-shape names {unknown} that are not inputs of {source}; "
                          f"its inputs are {names}")
-    model = onnx.ModelProto.FromString(model.SerializeToString()) if shapes else model
+    model = large_model.copy(model) if shapes else model   # (works above 2 GB)
     dynamic: list[tuple[str, list]] = []   # inputs left with a dynamic dim
     for vi in graph_inputs(model):
         cur = dims_of(vi)
@@ -110,35 +111,26 @@ def inference_errors() -> tuple[type[BaseException], ...]:
             onnx.defs.SchemaError, ProtobufError, RuntimeError, ValueError)
 
 
-def _infer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except inference_errors() as err:
-        raise ModelError(f"ONNX shape inference failed on {source}: {err}") from err
-
-
 def infer_shapes(model: onnx.ModelProto, source: str = "model") -> onnx.ModelProto:
-    """ONNX shape inference, carried through the shape-preserving custom ops (FakeQuantize):
-    inference runs once on a copy where each of them is an Identity of its first input, and
-    the value types it finds are written into the model."""
+    """ONNX shape inference (with data propagation), carried through the shape-preserving
+    custom ops (FakeQuantize): inference runs once on a copy where each of them is an
+    Identity of its first input, and the value types it finds are written into the model.
+    Above 2 GB it runs on a copy without the weights' data (large_model.infer_shapes)."""
     custom = [i for i, n in enumerate(model.graph.node)
               if (n.domain, n.op_type) in SHAPE_PRESERVING_CUSTOM_OPS]
-    if not custom:
-        return _infer(model, source)
-    stand_in = onnx.ModelProto()
-    stand_in.CopyFrom(model)
-    for i in custom:
-        node = model.graph.node[i]
-        stand_in.graph.node[i].CopyFrom(
-            helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
-    inferred = _infer(stand_in, source)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    del out.graph.output[:]
-    out.graph.output.extend(inferred.graph.output)
-    return out
+
+    def stand_in(m: onnx.ModelProto) -> None:
+        for i in custom:
+            node = m.graph.node[i]
+            m.graph.node[i].CopyFrom(
+                helper.make_node("Identity", [node.input[0]], [node.output[0]],
+                                 name=node.name))
+
+    try:
+        return large_model.infer_shapes(model, stand_in=stand_in if custom else None,
+                                        strict_mode=False, data_prop=True)
+    except inference_errors() as err:
+        raise ModelError(f"ONNX shape inference failed on {source}: {err}") from err
 
 
 def elem_dtype(vi: onnx.ValueInfoProto) -> str:

@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
 
     result = quantize_detailed(args.model, dcfg.data, config=cfg, dataset_config=dcfg, log=log)
     model = result.model()
-    save(model, out)
+    data = save(model, out)
     print(summary(result.report))
-    print(f"wrote {out} ({cfg.format})")
+    print(f"wrote {out} ({cfg.format})" + (
+        f" with its weights in {data} (ONNX external data: the model is over 2 GB; keep the "
+        "two files in one folder)" if data else ""))
     if getattr(args, "report", None):
         Path(args.report).write_text(json.dumps(result.report, indent=1, default=str))
         print(f"wrote {args.report}")

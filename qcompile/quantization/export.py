@@ -25,6 +25,7 @@ import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from ..errors import QuantizationError
+from ..frontend import large_model
 from .fake_quantize import broadcast_shape, check_range, qdq_params, quantize_weight
 from .graph import Graph, opset_version
 from .placement import Plan, Quantizer
@@ -172,8 +173,13 @@ def _drop_unused(m: ModelProto) -> None:
 def upgrade_opset(model: ModelProto, version: int) -> ModelProto:
     from google.protobuf.message import Error as ProtobufError
     from onnx import version_converter
+
+    # the converter serializes: above 2 GB it converts a copy without the weights' data
+    large = large_model.needs_external(model)
     try:
-        return version_converter.convert_version(model, version)
+        out = version_converter.convert_version(large_model.strip(model) if large else model,
+                                                version)
+        return large_model.restore(out, model) if large else out
     # RuntimeError: no adapter / an adapter's assertion; the rest from its C++ and protobuf
     except (RuntimeError, ValueError, onnx.shape_inference.InferenceError,
             onnx.checker.ValidationError, ProtobufError) as err:

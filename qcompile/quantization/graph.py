@@ -33,13 +33,17 @@ def load_model(model: str | Path | ModelProto) -> ModelProto:
         m = ModelProto()
         m.CopyFrom(model)
         return m
+    from ..frontend import large_model
+
     path = Path(model)
     if not path.is_file():
         raise ModelError(f"model file {path} does not exist")
     try:
-        return onnx.load(str(path))
+        m = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # noqa: BLE001 - protobuf raises several types
         raise ModelError(f"{path} is not a readable ONNX model: {err}") from err
+    large_model.load_external_data(m, str(path), str(path))   # a clear error when missing
+    return m
 
 
 def opset_version(model: ModelProto, domain: str = "") -> int:
@@ -224,7 +228,9 @@ def prepare(model: ModelProto, fold_batchnorm: bool = True) -> tuple[ModelProto,
     # stale shapes from the exporter would mislead shape inference
     del m.graph.value_info[:]
     try:
-        m = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+        from ..frontend import large_model   # (above 2 GB: on a copy without the weights)
+
+        m = large_model.infer_shapes(m, strict_mode=False, data_prop=True, inplace=True)
     except Exception as err:  # noqa: BLE001 - inference is best effort
         log.shape_inference = f"failed ({err}); ranks taken from initializers only"
     return m, log

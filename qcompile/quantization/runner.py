@@ -2,21 +2,25 @@
 
 `Runner` wraps an `InferenceSession` over a `ModelProto`, optionally exposing intermediate
 tensors as extra graph outputs; `run_batches()` feeds it samples (concatenated along the batch
-axis when the model's batch dimension is dynamic and `batch_size > 1`).
+axis when the model's batch dimension is dynamic and `batch_size > 1`). A model over 2 GB is
+written with external data to a temporary directory and the session opened from there
+(frontend/large_model.py); the extra outputs are then added to the weight-less copy only.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper
 
 from ..errors import QuantizationError
+from ..frontend import large_model
 
 
-def _session(model: ModelProto, threads: int | None, optimize: bool):
+def _session(model: ModelProto, threads: int | None, optimize: bool, edit=None):
+    """(session of `edit(model)` or `model`, temporary directory to keep alive or None)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -26,8 +30,7 @@ def _session(model: ModelProto, threads: int | None, optimize: bool):
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                    else ort.GraphOptimizationLevel.ORT_ENABLE_BASIC)
     try:
-        return ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        return large_model.ort_session(model, so, ["CPUExecutionProvider"], edit=edit)
     except Exception as err:  # noqa: BLE001 - ORT's errors have no common base; re-raised
         raise QuantizationError(f"ONNX Runtime cannot load the model ({model.graph.name}): "
                                 f"{err}") from err
@@ -52,8 +55,9 @@ def elem_types(model: ModelProto) -> dict[str, int]:
     g = model.graph
     vis = list(g.value_info) + list(g.input) + list(g.output)
     if len(g.value_info) < len(g.node) // 2:
-        try:
-            vis += list(onnx.shape_inference.infer_shapes(model).graph.value_info)
+        try:   # (value types only: above 2 GB on a copy without the weights' data)
+            vis += list(onnx.shape_inference.infer_shapes(
+                large_model.strip_if_large(model)).graph.value_info)
         except Exception:  # noqa: BLE001 - typing is best effort
             pass
     out = {v.name: v.type.tensor_type.elem_type for v in vis if v.type.HasField("tensor_type")}
@@ -62,13 +66,28 @@ def elem_types(model: ModelProto) -> dict[str, int]:
 
 
 class Runner:
-    """An ORT session; `run(feed)` returns every graph output by name."""
+    """An ORT session; `run(feed)` returns every graph output by name.
+
+    `edit(m) -> ModelProto`, if given, returns the model to run instead of `m` (nodes,
+    initializers, outputs added; `m` itself must stay unchanged). Over 2 GB `m` is a copy
+    without the weights' data, so an edit there copies no weights, where a caller that
+    copies `model` to extend it holds the weights twice."""
 
     def __init__(self, model: ModelProto, extra_outputs: Iterable[str] = (),
-                 threads: int | None = None, optimize: bool = True):
+                 threads: int | None = None, optimize: bool = True,
+                 edit: Callable[[ModelProto], ModelProto] | None = None):
         extra = list(extra_outputs)
-        self.model = with_outputs(model, extra) if extra else model
-        self.session = _session(self.model, threads, optimize)
+        ran: list[ModelProto] = []
+        user_edit = edit
+
+        def edit(m: ModelProto) -> ModelProto:
+            m = user_edit(m) if user_edit is not None else m
+            ran.append(with_outputs(m, extra) if extra else m)
+            return ran[-1]
+
+        # _tmpdir: the external data of a model over 2 GB, which the session may map
+        self.session, self._tmpdir = _session(model, threads, optimize, edit)
+        self.model = ran[-1]   # what ONNX Runtime runs (over 2 GB: without the weights' data)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.inputs = {i.name: i for i in self.session.get_inputs()}
 
