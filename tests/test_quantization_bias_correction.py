@@ -92,3 +92,65 @@ def test_bias_correction_averages_over_an_even_subset():
     assert r.report["bias_correction"]["samples"] == 5
     assert quantize_detailed(conv_net(), data, target="avx2").report[
         "bias_correction"]["samples"] == 12
+
+
+def _geometry_net(opset: int):
+    """Every geometry the per-layer means handle: a padded strided dilated grouped Conv, an
+    asymmetric-pad 1x3 Conv, a 1-D Conv, Gemm with transA / transB / alpha / beta, and a MatMul
+    on a 3-D input followed by its bias Add."""
+    from test_quantization_helpers import make_model
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(3)
+
+    def t(*shape, s=0.3):
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+    inits = {"wa": t(8, 2, 3, 3), "ba": t(8), "wb": t(6, 8, 1, 3), "w1d": t(4, 6, 3),
+             "b1d": t(4), "wg": t(5, 24), "bg": t(5), "wm": t(5, 7), "bm": t(7)}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["ca"], name="conv_a", group=4,
+                         pads=[2, 1, 1, 2], strides=[2, 1], dilations=[2, 1]),
+        helper.make_node("Relu", ["ca"], ["ra"], name="relu_a"),
+        helper.make_node("Conv", ["ra", "wb"], ["cb"], name="conv_b", pads=[0, 2, 0, 1],
+                         strides=[1, 2]),
+        helper.make_node("Reshape", ["cb", "s3"], ["cb3"], name="to1d"),
+        helper.make_node("Conv", ["cb3", "w1d", "b1d"], ["c1d"], name="conv_1d", pads=[1, 1]),
+        helper.make_node("Flatten", ["c1d"], ["f"], name="flat", axis=0),
+        helper.make_node("Reshape", ["f", "s2"], ["f2"], name="to2d"),
+        helper.make_node("Gemm", ["f2", "wg", "bg"], ["gm"], name="gemm", transA=1, transB=1,
+                         alpha=0.7, beta=1.5),
+        helper.make_node("Reshape", ["gm", "s3b"], ["gm3"], name="to3d"),
+        helper.make_node("MatMul", ["gm3", "wm"], ["mm"], name="matmul"),
+        helper.make_node("Add", ["mm", "bm"], ["y"], name="matmul_bias"),
+    ]
+    inits.update(s3=np.array([1, 6, -1], np.int64), s2=np.array([24, -1], np.int64),
+                 s3b=np.array([1, -1, 5], np.int64))
+    m = make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 11, 9])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 7])],
+                   [numpy_helper.from_array(v, k) for k, v in inits.items()], opset=opset)
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def test_layer_means_give_the_shift_of_the_quantized_copy(monkeypatch):
+    """The shift from the per-layer input means (the default) equals the one measured by running
+    a quantized copy of every layer, for every geometry and both ReduceMean forms (opset 17 / 18)."""
+    from qcompile.quantization import bias_correction
+
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal((6, 1, 8, 11, 9)) + 0.3).astype(np.float32)
+    for opset in (17, 18):
+        model = _geometry_net(opset)
+        kw = dict(target="avx2", activation_stat="minmax")
+        fast = quantize_detailed(model, data, **kw)
+        with monkeypatch.context() as mp:
+            mp.setattr(bias_correction, "MEAN_RULES", {})
+            copy = quantize_detailed(model, data, **kw)
+        names = {"conv_a", "conv_b", "conv_1d", "gemm", "matmul"}
+        assert names <= set(fast.plan.bias_updates), fast.report["bias_correction"]
+        for name in names:
+            a = fast.plan.bias_updates[name].shift
+            b = copy.plan.bias_updates[name].shift
+            assert np.abs(b).max() > 1e-4, name            # something to correct
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * np.abs(b).max(),
+                                       err_msg=f"{name} (opset {opset})")

@@ -174,3 +174,72 @@ def test_empty_ranges_are_reported():
     assert "empty range: w2" in summary(r.report)
     clean = quantize_detailed(conv_net(), conv_data(4), target="avx2")
     assert clean.report["calibration"]["zero_ranges"] == {}
+
+
+def test_sampled_histogram_keeps_extremes_and_the_mse_range():
+    """--histogram-sample: the histogram of a strided sample of each batch gives (almost) the
+    MSE range of the full one; min / max and the histogram's span still see every value (a
+    single extreme value that the sample misses), and no position is systematically skipped
+    (a channel that holds every large value is seen)."""
+    from qcompile.quantization.statistics import stride
+
+    assert [stride(n) for n in (0, 1, 2, 12, 13, 14)] == [2, 2, 2, 13, 13, 17]
+    rng = np.random.default_rng(0)
+    full, part = TensorStats(), TensorStats()
+    for i in range(40):
+        x = np.abs(rng.standard_normal((1, 16, 56, 56))).astype(np.float32)
+        x[0, 5] *= 3.0                                  # one hot channel
+        if i == 17:
+            x[0, 3, 10, 10] = 50.0                      # one outlier in one batch
+        full.update(x, 2048)
+        part.update(x, 2048, sample=4096)
+    assert part.max == full.max == 50.0 and part.min == full.min
+    assert part.hist_hi == full.hist_hi and part.hist.sum() < full.hist.sum() / 8
+    lo_f, hi_f = estimate(full, "mse", "unsigned", 256)
+    lo_p, hi_p = estimate(part, "mse", "unsigned", 256)
+    assert lo_p == lo_f == 0.0 and abs(hi_p - hi_f) <= 0.03 * hi_f, (hi_p, hi_f)
+    # the sampled share of the hot channel's values matches its share of all values
+    edges = full.bin_edges()
+    big = edges[:-1] > 6.0
+    share_f = full.hist[big].sum() / full.hist.sum()
+    share_p = part.hist[big].sum() / part.hist.sum()
+    assert share_f > 0 and abs(share_p - share_f) < 0.2 * share_f
+
+
+def test_histogram_sample_is_a_quantize_option():
+    data = conv_data(8)
+    a = quantize_detailed(conv_net(), data, target="avx2", histogram_sample=64)
+    b = quantize_detailed(conv_net(), data, target="avx2", histogram_sample=0)
+    assert a.report["config"]["histogram_sample"] == 64
+    assert b.report["config"]["histogram_sample"] == 0
+
+
+@pytest.mark.parametrize("stat,sample", [("mse", 64), ("mse", 0), ("minmax", 64)])
+def test_statistics_reduced_in_the_session_equal_the_numpy_ones(stat, sample):
+    """stats_graph (min / max / sum / strided sample computed by ONNX Runtime) gives the same
+    TensorStats as exposing every tensor and reducing it in numpy."""
+    from qcompile.quantization import calibration
+    from qcompile.quantization.graph import Graph, prepare
+    from qcompile.quantization.placement import build_plan
+    from qcompile.quantization.rules import rules_for_target
+
+    model, _ = prepare(conv_net())
+    g = Graph(model)
+    _, rules = rules_for_target("avx2")
+    plan = build_plan(g, rules, rules.preset("performance"), {})
+    samples = [{"input": x[None]} for x in conv_data(6)]
+    got = {}
+    for in_graph in (True, False):
+        s = calibration.CalibrationSettings(activation_estimator=stat, histogram_sample=sample,
+                                            reduce_in_graph=in_graph)
+        got[in_graph] = calibration.collect(model, g, plan, samples, s)
+    assert got[True].keys() == got[False].keys() and len(got[True]) >= 4
+    for t, a in got[True].items():
+        b = got[False][t]
+        assert (a.batches, a.elements, a.zeros) == (b.batches, b.elements, b.zeros), t
+        assert np.float32(a.min) == np.float32(b.min) and np.float32(a.max) == np.float32(b.max)
+        if stat == "mse":
+            assert a.hist_lo == b.hist_lo and a.hist_hi == b.hist_hi
+            np.testing.assert_array_equal(a.hist, b.hist, err_msg=t)
+        else:
+            assert a.hist is None and b.hist is None

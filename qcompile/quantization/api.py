@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-import onnx
 from onnx import ModelProto
 
 from .. import config as _config
 from ..errors import QuantizationError
+from ..frontend.control_flow import (freeze_inputs, frozen_values, inline_constant_ifs,
+                                     subgraph_nodes)
 from . import accuracy_aware, bias_correction, calibration, export, report as _report
 from .config import QuantizeConfig
 from .datasets import Dataset, DatasetConfig, make_dataset, take
@@ -97,10 +99,10 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     t0 = time.time()
     src = model if isinstance(model, (str, Path)) else getattr(model.graph, "name", "model")
     fp32 = load_model(model)
-    if cfg.input_shapes:
-        from ..frontend.shapes import fix_input_shapes
-
-        fp32 = fix_input_shapes(fp32, cfg.input_shapes, str(src), require_static=False)
+    fp32 = apply_input_flags(fp32, cfg.input_shapes, cfg.input_values, str(src))
+    # an If whose condition is constant (frozen input, static shapes) becomes its taken
+    # branch, so the ops inside it are seen and quantized
+    fp32, inlined_ifs = inline_constant_ifs(fp32, str(src))
     if cfg.subset_size <= 0:
         raise QuantizationError(f"--subset-size {cfg.subset_size} must be positive")
 
@@ -111,10 +113,18 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     scope = _merge_scope(ignored_scope, cfg)
     ignored = resolve_ignored(scope, g)
     plan = build_plan(g, rules, preset_obj, ignored)
+    in_bodies = subgraph_nodes(prepared)     # control flow left: nothing in it is quantized
+    for e in in_bodies:
+        plan.fp32.setdefault(e["node"], (e["op"], e["reason"]))
     if not plan.ops:
+        hint = ""
+        if in_bodies:
+            kinds = ", ".join(f"{k} x{v}" for k, v in
+                              Counter(e["op"] for e in in_bodies).most_common(6))
+            hint = f"; {len(in_bodies)} nodes ({kinds}) are {in_bodies[0]['reason']}"
         raise QuantizationError(
             f"nothing to quantize in {src}: no node matches the rules of target {spec.name} "
-            f"({rules.source}) outside the ignored scope")
+            f"({rules.source}) outside the ignored scope{hint}")
 
     ds = make_dataset(calibration_dataset, prepared, dataset_config, transform_fn)
     samples = list(take(ds, cfg.subset_size))
@@ -139,7 +149,8 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
                                 "or all")
     settings = calibration.CalibrationSettings(half_range_weights=half,
         activation_estimator=cfg.activation_stat, weight_estimator=cfg.weight_stat,
-        percentile=cfg.percentile, histogram_bins=cfg.histogram_bins, batch_size=batch,
+        percentile=cfg.percentile, histogram_bins=cfg.histogram_bins,
+        histogram_sample=cfg.histogram_sample, batch_size=batch,
         threads=threads, progress=cfg.progress)
     log(f"calibrating on {len(samples)} samples ({cfg.activation_stat})")
     stats = calibration.collect(prepared, g, plan, samples, settings)
@@ -190,10 +201,28 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
         prepare=dataclasses.asdict(prep_log),
         ignored_scope={k: v for k, v in ignored.items()},
         accuracy_aware=aa.to_dict() if aa else None,
+        control_flow={"frozen_inputs": frozen_values(cfg.input_values),
+                      "inlined_ifs": inlined_ifs,
+                      "nodes_in_bodies": len(in_bodies),
+                      "owners": sorted({e["owner"] for e in in_bodies})},
         seconds=round(time.time() - t0, 2))
     rep["bias_correction"].update(enabled=cfg.fast_bias_correction, skipped=bc_skipped,
                                   samples=len(bc_samples))
     return QuantizationResult(prepared, plan, reverted, rep)
+
+
+def apply_input_flags(model: ModelProto, shapes: dict | None, values: dict | None,
+                      source: str) -> ModelProto:
+    """--input-value (frozen inputs become initializers), then --input-shape of the inputs
+    left (dynamic dims may stay: the calibration data gives them)."""
+    from ..frontend.shapes import fix_input_shapes
+
+    if values:
+        model = freeze_inputs(model, values, shapes, source)
+        shapes = {k: v for k, v in (shapes or {}).items() if k not in values}
+    if shapes:
+        model = fix_input_shapes(model, shapes, source, require_static=False)
+    return model
 
 
 def _merge_scope(scope: IgnoredScope | None, cfg: QuantizeConfig) -> IgnoredScope:
@@ -233,12 +262,12 @@ def _ort_version() -> str:
         return "-"
 
 
-def save(model: ModelProto, path: str | Path) -> None:
-    """Save a quantized model (external data above 2 GB)."""
-    try:
-        onnx.save(model, str(path))
-    except ValueError:
-        onnx.save(model, str(path), save_as_external_data=True)
+def save(model: ModelProto, path: str | Path) -> Path | None:
+    """Save a quantized model. One over 2 GB keeps its weights in `<file name>.data` next
+    to it (ONNX external data; `model` is not modified): returns that file, else None."""
+    from ..frontend import large_model
+
+    return large_model.save(model, path)
 
 
 __all__ = ["quantize", "quantize_detailed", "QuantizationResult", "save", "IgnoredScope",

@@ -6,10 +6,11 @@ fp32 input x, fp32 weight W and quantized weight W_q:
     shift[c] = mean_c( layer(x, W) ) - mean_c( layer(FQ(x), W_q) )
 
 (the mean over every axis but the output channel, over the calibration subset). Adding `shift`
-to the bias removes that systematic error. Both outputs are computed in one ONNX Runtime pass:
-the fp32 model plus, for every layer, a copy of the layer fed by the simulated quantizer and the
-quantized weight. This is the exact mean (no linearisation), and using fp32 inputs keeps the
-corrections independent of each other, as in NNCF's FastBiasCorrection.
+to the bias removes that systematic error. One ONNX Runtime pass over the subset computes it: the
+fp32 model plus, for every layer, the means its weight multiplies, of its fp32 input and of the
+simulated quantizer's output (see "per-layer means" below; the layer itself is linear in them,
+so this is the exact mean, not an approximation). Using fp32 inputs keeps the corrections
+independent of each other, as in NNCF's FastBiasCorrection.
 
 A Conv without a bias gets one; a MatMul gets its correction in the `Add` of a constant bias that
 follows it; a layer with no place for a bias is reported as not corrected.
@@ -17,11 +18,13 @@ follows it; a layer with no place for a bias is reported as not corrected.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
-from onnx import ModelProto, helper, numpy_helper
+from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .export import quantizer_nodes
+from .fake_quantize import quantize_weight
 from .graph import Graph, opset_version
 from .opinfo import LINEAR_OPS, attr
 from .placement import BiasUpdate, Plan
@@ -71,25 +74,214 @@ def subset(samples: list, n: int) -> list:
     return [samples[int(i)] for i in np.linspace(0, len(samples) - 1, n).round()]
 
 
+# ---- per-layer means -------------------------------------------------------------------------
+#
+# By linearity the mean output of a layer over every axis but its output channel is the layer's
+# weight applied to the mean of what each weight element multiplies: for a Conv, the mean over
+# the output positions of every input-channel x tap element of the (zero-padded) input patch;
+# for Gemm / MatMul, the mean of the input rows. So
+#
+#     shift = W . P(x) - W_q . P(FQ(x))
+#
+# needs only P(x) and P(FQ(x)) from the session (Slice + ReduceMean, a few reads of the input)
+# instead of a second, quantized copy of every layer: the pass costs one fp32 run per sample.
+# The arithmetic is the same mean as the copy's (float64 here, float32 there). Ops without a
+# rule (ConvTranspose, auto_pad SAME convs, a Gemm / MatMul whose weight is not a constant
+# second input) still run their quantized copy (`_copy_layer`).
+
+@dataclasses.dataclass
+class _Means:
+    """The session outputs of one layer's input means and how to turn them into the shift."""
+    outputs: list[str]
+    shift: Callable[[dict[str, np.ndarray], np.ndarray, np.ndarray], np.ndarray]
+
+
+class _Builder:
+    """Appends the reduction nodes for the layers' input means to one graph (deduplicated:
+    two layers reading the same tensor with the same geometry share them)."""
+
+    def __init__(self, model: ModelProto):
+        self.opset = opset_version(model)
+        self.nodes: list = []
+        self.inits: list = []
+        self._done: dict[tuple, str] = {}
+
+    def _const(self, name: str, value) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def reduce_mean(self, x: str, axes: list[int], out: str, keepdims: int) -> None:
+        if self.opset >= 18:
+            self.nodes.append(helper.make_node(
+                "ReduceMean", [x, self._const(out + "/axes", axes)], [out], name=out,
+                keepdims=keepdims))
+        else:
+            self.nodes.append(helper.make_node("ReduceMean", [x], [out], name=out, axes=axes,
+                                               keepdims=keepdims))
+
+    def row_mean(self, x: str, rank: int, keep_axis: int) -> str:
+        """mean of x over every axis but `keep_axis` -> [K]."""
+        key = ("rows", x, keep_axis)
+        if key not in self._done:
+            out = f"{x}/bias_correction/rows{keep_axis}"
+            self.reduce_mean(x, [a for a in range(rank) if a != keep_axis % rank], out, 0)
+            self._done[key] = out
+        return self._done[key]
+
+    def patch_means(self, x: str, rank: int, kernel: list[int], pads: list[int],
+                    strides: list[int], dilations: list[int]) -> str:
+        """[T, C, 1, ...]: for every tap t of the kernel (row-major), the mean over batch and
+        output positions of the zero-padded input element that tap multiplies."""
+        key = ("patch", x, tuple(kernel), tuple(pads), tuple(strides), tuple(dilations))
+        if key in self._done:
+            return self._done[key]
+        base = f"{x}/bias_correction/p{len(self._done)}"
+        sp = rank - 2
+        src = x
+        if any(pads):
+            src = base + "/pad"
+            full = [0, 0] + list(pads[:sp]) + [0, 0] + list(pads[sp:])
+            if self.opset >= 11:
+                self.nodes.append(helper.make_node(
+                    "Pad", [x, self._const(src + "/pads", full)], [src], name=src))
+            else:
+                self.nodes.append(helper.make_node("Pad", [x], [src], name=src, pads=full))
+        axes = list(range(2, rank))
+        taps = []
+        for t, offs in enumerate(np.ndindex(*kernel)):
+            starts = [o * d for o, d in zip(offs, dilations)]
+            # the last output position reads start + (O - 1) * s, O = (L - d (k - 1) - 1) // s
+            # + 1: the slice [start, L - d (k - 1 - o)) with step s holds exactly O elements
+            ends = [-(d * (k - 1 - o)) if k - 1 - o else np.iinfo(np.int64).max
+                    for o, k, d in zip(offs, kernel, dilations)]
+            sl, m = f"{base}/t{t}", f"{base}/t{t}/mean"
+            self.inits += [numpy_helper.from_array(np.asarray(v, np.int64), f"{sl}/{k}")
+                           for k, v in (("starts", starts), ("ends", ends), ("axes", axes),
+                                        ("steps", strides))]
+            self.nodes.append(helper.make_node(
+                "Slice", [src, f"{sl}/starts", f"{sl}/ends", f"{sl}/axes", f"{sl}/steps"],
+                [sl], name=sl))
+            self.reduce_mean(sl, [0] + axes, m, 1)
+            taps.append(m)
+        out = base + "/taps"
+        self.nodes.append(helper.make_node("Concat", taps, [out], name=out, axis=0))
+        self._done[key] = out
+        return out
+
+
+def _conv_means(b: _Builder, g: Graph, n, x: str, xq: str) -> _Means | None:
+    rank = g.rank(n.input[0])
+    w = g.const(n.input[1])
+    if rank is None or rank < 3 or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET",
+                                                                          b"VALID", "VALID"):
+        return None
+    sp = rank - 2
+    kernel = list(w.shape[2:])
+    pads = list(attr(n, "pads", [0] * 2 * sp)) if attr(n, "auto_pad", b"NOTSET") in (
+        b"NOTSET", "NOTSET") else [0] * 2 * sp
+    strides = list(attr(n, "strides", [1] * sp))
+    dil = list(attr(n, "dilations", [1] * sp))
+    geo = (rank, kernel, pads, strides, dil)
+    px, pq = b.patch_means(x, *geo), b.patch_means(xq, *geo)
+    groups = int(attr(n, "group", 1))
+    cout, cg = w.shape[0], w.shape[1]
+
+    def shift(out, wf, wq):
+        t = int(np.prod(kernel))
+
+        def apply(p, ww):  # p [T, C], ww [Cout, Cg, T] -> [Cout]
+            pg = p.reshape(t, groups, cg).transpose(1, 2, 0)          # [g, Cg, T]
+            wg = ww.reshape(groups, cout // groups, cg, t)
+            return np.einsum("gocT,gcT->go", wg, pg).reshape(cout)
+        return (apply(out[px].reshape(t, -1).astype(np.float64), wf.reshape(cout, cg, t))
+                - apply(out[pq].reshape(t, -1).astype(np.float64), wq.reshape(cout, cg, t)))
+    return _Means([px, pq], shift)
+
+
+def _matmul_means(b: _Builder, g: Graph, n, x: str, xq: str) -> _Means | None:
+    w = g.const(n.input[1])
+    rank = g.rank(n.input[0])
+    if w is None or w.ndim != 2 or rank is None:
+        return None
+    px, pq = b.row_mean(x, rank, -1), b.row_mean(xq, rank, -1)
+    return _Means([px, pq], lambda out, wf, wq: (out[px].astype(np.float64) @ wf
+                                                  - out[pq].astype(np.float64) @ wq))
+
+
+def _gemm_means(b: _Builder, g: Graph, n, x: str, xq: str) -> _Means | None:
+    w = g.const(n.input[1])
+    if w is None or w.ndim != 2:
+        return None
+    k_axis = 0 if attr(n, "transA", 0) else 1
+    px, pq = b.row_mean(x, 2, k_axis), b.row_mean(xq, 2, k_axis)
+    alpha = float(attr(n, "alpha", 1.0))
+    tb = bool(attr(n, "transB", 0))
+
+    def shift(out, wf, wq):
+        wf, wq = (wf.T, wq.T) if tb else (wf, wq)
+        return alpha * (out[px].astype(np.float64) @ wf - out[pq].astype(np.float64) @ wq)
+    return _Means([px, pq], shift)
+
+
+# op type -> builder of its input means (None: no rule for this node, run the copy)
+MEAN_RULES: dict[str, Callable] = {"Conv": _conv_means, "Gemm": _gemm_means,
+                                   "MatMul": _matmul_means}
+
+
+def _copy_layer(b: _Builder, g: Graph, model: ModelProto, n, new_inputs: list[str]) -> _Means:
+    """The layer run again on its quantized inputs; the mean difference reduced in the graph."""
+    name = n.name
+    yq = f"{name}/bias_correction/q"
+    copy = helper.make_node(n.op_type, new_inputs, [yq], name=name + "/bias_correction")
+    copy.attribute.extend(n.attribute)
+    b.nodes.append(copy)
+    rank = g.rank(n.output[0])
+    if not rank:
+        def shift(out, wf, wq):
+            d = out[n.output[0]].astype(np.float64) - out[yq]
+            ax = LINEAR_OPS[n.op_type].output_channel_axis(n, d.ndim) % d.ndim
+            return np.moveaxis(d, ax, -1).reshape(-1, d.shape[ax]).mean(axis=0)
+        return _Means([n.output[0], yq], shift)
+    ax = LINEAR_OPS[n.op_type].output_channel_axis(n, rank) % rank
+    d, mean = f"{name}/bias_correction/diff", f"{name}/bias_correction/mean"
+    b.nodes.append(helper.make_node("Sub", [n.output[0], yq], [d], name=d))
+    b.reduce_mean(d, [i for i in range(rank) if i != ax], mean, 0)
+    return _Means([mean], lambda out, wf, wq: out[mean].astype(np.float64).reshape(-1))
+
+
 def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.ndarray]],
             batch_size: int = 1, threads: int | None = None, progress: bool | None = None
             ) -> dict[str, str]:
-    """Fill `plan.bias_updates`; returns {node: why not corrected} for skipped layers."""
+    """Fill `plan.bias_updates`; returns {node: why not corrected} for skipped layers.
+
+    The session outputs are means, so their average over the subset is all that is kept
+    (float64 sums, a few numbers per layer); the weights enter once per layer at the end."""
     skipped: dict[str, str] = {}
     sites: dict[str, BiasSite] = {}
-    extra_nodes, extra_inits, outputs = [], [], []
+    means: dict[str, _Means] = {}
+    b = _Builder(model)
     emitted: set[str] = set()
+
+    def fq(qid: str) -> str:
+        if qid not in emitted:
+            qi = plan.quantizers[qid]
+            nodes, inits = quantizer_nodes(qi, "sim", g, g.rank(qi.tensor))
+            b.nodes.extend(nodes)
+            b.inits.extend(inits)
+            emitted.add(qid)
+        return f"{qid}/fq"
+
     for name, qop in plan.ops.items():
         if qop.op_type not in LINEAR_OPS:
             continue
         n = g.by_name[name]
         lin = LINEAR_OPS[n.op_type]
-        wq = qop.inputs.get(lin.weight_input)
-        if wq is None or plan.quantizers[wq].kind != "weight":
+        wq_id = qop.inputs.get(lin.weight_input)
+        if wq_id is None or plan.quantizers[wq_id].kind != "weight":
             skipped[name] = "weight is not a quantized constant"
             continue
         w = g.const(n.input[lin.weight_input])
-        wax = plan.quantizers[wq].axis
+        wax = plan.quantizers[wq_id].axis
         if wax is None:
             wax = lin.weight_channel_axis(n, w.ndim) % w.ndim
         oc = w.shape[wax] * (int(attr(n, "group", 1)) if n.op_type == "ConvTranspose" else 1)
@@ -97,63 +289,49 @@ def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
         if site is None:
             skipped[name] = "no constant bias to correct"
             continue
-        new_inputs = list(n.input)
-        for i, qid in qop.inputs.items():
-            q = plan.quantizers[qid]
-            if qid not in emitted:
-                nodes, inits = quantizer_nodes(q, "sim", g, g.rank(q.tensor))
-                extra_nodes += nodes
-                extra_inits += inits
-                emitted.add(qid)
-            new_inputs[i] = f"{qid}/fq"
-        yq = f"{name}/bias_correction/q"
-        copy = helper.make_node(n.op_type, new_inputs, [yq], name=name + "/bias_correction")
-        copy.attribute.extend(n.attribute)
-        extra_nodes.append(copy)
-        rank = g.rank(n.output[0])
-        if rank:                      # reduce in the graph: only C numbers leave the session
-            ax = LINEAR_OPS[n.op_type].output_channel_axis(n, rank) % rank
-            axes = [i for i in range(rank) if i != ax]
-            d, mean = f"{name}/bias_correction/diff", f"{name}/bias_correction/mean"
-            extra_nodes.append(helper.make_node("Sub", [n.output[0], yq], [d], name=d))
-            if opset_version(model) >= 18:
-                extra_inits.append(numpy_helper.from_array(np.array(axes, np.int64), d + "/axes"))
-                extra_nodes.append(helper.make_node("ReduceMean", [d, d + "/axes"], [mean],
-                                                    name=mean, keepdims=0))
-            else:
-                extra_nodes.append(helper.make_node("ReduceMean", [d], [mean], name=mean,
-                                                    axes=axes, keepdims=0))
-            outputs.append(mean)
-        else:
-            outputs += [n.output[0], yq]
+        rule = MEAN_RULES.get(n.op_type) if lin.weight_input == 1 else None
+        x = n.input[0]
+        m = rule(b, g, n, x, fq(qop.inputs[0]) if 0 in qop.inputs else x) if rule else None
+        if m is None:            # no rule: the quantized copy, on every quantized input
+            new_inputs = list(n.input)
+            for i, qid in qop.inputs.items():
+                new_inputs[i] = fq(qid)
+            m = _copy_layer(b, g, model, n, new_inputs)
+        means[name] = m
         sites[name] = site
     if not sites:
         return skipped
-    m = ModelProto()
-    m.CopyFrom(model)
-    m.graph.node.extend(extra_nodes)
-    m.graph.initializer.extend(extra_inits)
-    runner = Runner(m, outputs, threads=threads)
-    sums = {k: np.zeros(s.channels) for k, s in sites.items()}
-    counts = {k: 0 for k in sites}
+    outputs = sorted({o for mm in means.values() for o in mm.outputs})
+
+    def extend(m: ModelProto) -> ModelProto:
+        out = ModelProto()
+        out.CopyFrom(m)
+        out.graph.node.extend(b.nodes)
+        out.graph.initializer.extend(b.inits)
+        # all float32: declared here, so the runner need not type them by shape inference
+        have = {o.name for o in out.graph.output}
+        out.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
+                                for o in outputs if o not in have)
+        return out
+    runner = Runner(model, threads=threads, edit=extend)
+    sums: dict[str, np.ndarray] = {}
+    count = 0
     with Progress(len(samples), "fast bias correction", progress) as bar:
         for feed, nb in batches(samples, batch_size):
             out = runner.run(feed, outputs)
-            for name in sites:
-                mean = out.get(f"{name}/bias_correction/mean")
-                if mean is not None:
-                    sums[name] += mean.astype(np.float64).reshape(-1) * nb
-                    counts[name] += nb
-                    continue
-                n = g.by_name[name]
-                d = out[n.output[0]].astype(np.float64) - out[f"{name}/bias_correction/q"]
-                ax = LINEAR_OPS[n.op_type].output_channel_axis(n, d.ndim) % d.ndim
-                d = np.moveaxis(d, ax, -1).reshape(-1, d.shape[ax])
-                sums[name] += d.mean(axis=0) * nb
-                counts[name] += nb
+            for o in outputs:
+                v = out[o].astype(np.float64) * nb
+                sums[o] = sums[o] + v if o in sums else v
+            count += nb
             bar.update(nb)
+    avg = {o: v / max(count, 1) for o, v in sums.items()}
     for name, site in sites.items():
-        shift = sums[name] / max(counts[name], 1)
+        n = g.by_name[name]
+        lin = LINEAR_OPS[n.op_type]
+        q = plan.quantizers[plan.ops[name].inputs[lin.weight_input]]
+        w = g.const(n.input[lin.weight_input])
+        wq = quantize_weight(w, q.input_low, q.input_high, q.axis, q.levels)
+        shift = means[name].shift(avg, w.astype(np.float64), wq.astype(np.float64)).reshape(-1)
         old = g.const(site.tensor) if site.tensor else np.zeros(site.channels, np.float32)
         new = (old.reshape(-1).astype(np.float64) + shift / site.scale).reshape(old.shape)
         if not np.isfinite(new.astype(np.float32)).all():

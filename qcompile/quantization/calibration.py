@@ -21,6 +21,7 @@ from .placement import Plan, Quantizer
 from .progress import Progress
 from .range_estimators import NEEDS_HISTOGRAM, estimate
 from .runner import Runner, batches
+from . import stats_graph
 from .statistics import TensorStats
 
 
@@ -30,6 +31,8 @@ class CalibrationSettings:
     weight_estimator: str = "minmax"
     percentile: float = 99.99
     histogram_bins: int = 2048
+    histogram_sample: int = 0        # values per tensor and batch in the histogram (0: all)
+    reduce_in_graph: bool = True     # stats_graph: reductions inside the session
     half_range_weights: frozenset = frozenset()     # weight quantizer ids (overflow fix)
     batch_size: int = 1
     threads: int | None = None
@@ -45,14 +48,21 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     for t in consts:
         stats[t] = TensorStats.of_constant(g.const(t), s.histogram_bins)
     computed = sorted(acts - consts - set(g.graph_inputs))
-    runner = Runner(model, computed, threads=s.threads)
-    feeds_of = [t for t in acts if t in g.graph_inputs]
     bins = s.histogram_bins if s.activation_estimator in NEEDS_HISTOGRAM else None
+    # min / max / finiteness and the histogram's sample are reduced inside the session
+    # (stats_graph); tensors it cannot reduce (dynamic shapes) come out whole
+    edit, reduced, whole = (stats_graph.build(model, g, computed, bins, s.histogram_sample)
+                            if s.reduce_in_graph else (None, [], computed))
+    runner = Runner(model, whole, threads=s.threads, edit=edit)
+    fetch = stats_graph.outputs(reduced) + whole
+    full: Runner | None = None              # whole tensors, for a batch with NaN / Inf
+    feeds_of = [t for t in acts if t in g.graph_inputs]
     desc = "statistics" + (f" ({s.activation_estimator} histograms)" if bins else "")
 
-    def add(out):
-        for t in computed + feeds_of:
-            stats[t].update(out[t], bins)
+    def add(out, tensors, red):
+        stats_graph.add(stats, out, red, bins)
+        for t in tensors:
+            stats[t].update(out[t], bins, s.histogram_sample)
 
     # the statistics of batch i are taken in a worker thread while ONNX Runtime runs batch
     # i + 1 (both release the GIL); one worker, batches in order: the same statistics as a
@@ -60,13 +70,22 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     with Progress(len(samples), desc, s.progress) as bar, \
             concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
-        for feed, n in batches(samples, s.batch_size):
-            out = runner.run(feed, computed) if computed else {}
+        for k, (feed, n) in enumerate(batches(samples, s.batch_size), 1):
+            if reduced:
+                feed = {**feed, stats_graph.OFFSET: stats_graph.offset(k)}
+            out = runner.run(feed, fetch) if fetch else {}
+            tensors, red = whole + feeds_of, reduced
+            if reduced and not stats_graph.finite(out, reduced):
+                # NaN / Inf somewhere: this batch's tensors whole, so they are counted exactly
+                full = full or Runner(model, computed, threads=s.threads)
+                plain = {k2: v for k2, v in feed.items() if k2 != stats_graph.OFFSET}
+                out = full.run(plain, computed)
+                tensors, red = computed + feeds_of, []
             for t in feeds_of:
                 out[t] = feed[t]
             if pending is not None:
                 pending.result()
-            pending = pool.submit(add, out)
+            pending = pool.submit(add, out, tensors, red)
             bar.update(n)
         if pending is not None:
             pending.result()

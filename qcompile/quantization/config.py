@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..config import flag, parse_shape_assignment
+from ..config import flag, parse_shape_assignment, parse_value_assignment
 from .range_estimators import ESTIMATORS
 
 
@@ -28,6 +28,12 @@ class QuantizeConfig:
         metavar="NAME=D1,D2,...", help="static shape for an input with symbolic dims "
         "(repeatable; as for `qcompile build`): the quantized model keeps it, and every "
         "calibration sample must have it")
+    input_values: dict[str, tuple[float, ...]] = flag(
+        default_factory=dict, name="--input-value", parse=parse_value_assignment, repeat=True,
+        metavar="NAME=V[,V...]", help="freeze an input to a constant (repeatable; as for "
+        "`qcompile build`): the quantized model has it as an initializer, an If whose "
+        "condition depends only on it is replaced by its taken branch (whose ops then get "
+        "quantized), and calibration samples need no array for it")
     subset_size: int = flag(300, help="number of calibration samples used (default: 300)")
     activation_stat: str = flag("mse", choices=list(ESTIMATORS),
                                 help="activation range estimator: minmax, mean_minmax (mean of "
@@ -37,6 +43,9 @@ class QuantizeConfig:
                             help="per-channel weight range: minmax (abs max, default) or mse")
     percentile: float = flag(99.99, help="percentile for --activation-stat percentile")
     histogram_bins: int = flag(2048, help="histogram bins for percentile/mse/kl")
+    histogram_sample: int = flag(65536, help="values per tensor and sample the percentile/mse/"
+                                 "kl histogram takes, evenly strided (0: every value); min, "
+                                 "max and the range grow see every value")
     overflow_fix: str = flag("auto", choices=["auto", "none", "first-layer", "all"],
                              help="use half the weight range (7-bit weights, |q| <= 64) in the "
                                   "first / all weighted layers. auto (default): what the "

@@ -5,12 +5,25 @@ min / max (for "mean of per-batch min-max"), the number of exact zeros, and opti
 histogram (for percentile, MSE and KL range search). The histogram has a fixed number of bins
 over a range that grows by doubling (adjacent bins merged pairwise) whenever a batch falls
 outside it, so everything is collected in a single pass and nothing keeps whole activations.
+
+The histogram may take an evenly strided sample of each batch (`update(..., sample=N)`): a
+prime stride, so it does not line up with a channel or row pitch, and an offset that moves on
+every batch, so that over the calibration set every position is visited. Min / max, the range
+the histogram spans, and the NaN / Inf count always see every value.
 """
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+
+
+def stride(n: int) -> int:
+    """The smallest prime >= n (>= 2)."""
+    n = max(n, 2)
+    while any(n % p == 0 for p in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 @dataclasses.dataclass
@@ -32,8 +45,9 @@ class TensorStats:
     # `calibration.non_finite`)
     non_finite: int = 0
 
-    def update(self, x: np.ndarray, bins: int | None = None) -> None:
-        """Add one batch: min/max always, the histogram when `bins` is given."""
+    def update(self, x: np.ndarray, bins: int | None = None, sample: int = 0) -> None:
+        """Add one batch: min/max always, the histogram when `bins` is given (of about
+        `sample` evenly strided values when the batch holds more; 0: all of them)."""
         self.dtype = str(x.dtype)
         if x.size == 0 or not np.issubdtype(x.dtype, np.floating):
             return
@@ -45,13 +59,28 @@ class TensorStats:
             if x.size == 0:
                 return
             lo, hi = float(x.min()), float(x.max())
+        self._add(lo, hi, x.size)
+        if bins:
+            if sample and x.size > 2 * sample:
+                step = stride(x.size // sample)
+                x = x.reshape(-1)[(self.batches * 7919) % step::step]
+            self._histogram(x, lo, hi, bins)
+
+    def add_reduced(self, lo: float, hi: float, size: int, values: np.ndarray | None,
+                    bins: int | None) -> None:
+        """Add one batch already reduced (`stats_graph`): its finite min / max, its element
+        count and the values its histogram takes (the sample `update` would take)."""
+        self.dtype = "float32"
+        self._add(lo, hi, size)
+        if bins and values is not None and values.size:
+            self._histogram(values, lo, hi, bins)
+
+    def _add(self, lo: float, hi: float, size: int) -> None:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.sum_batch_min += lo
         self.sum_batch_max += hi
         self.batches += 1
-        self.elements += x.size
-        if bins:
-            self._histogram(x, lo, hi, bins)
+        self.elements += size
 
     @property
     def seen(self) -> bool:
