@@ -29,7 +29,7 @@ from .graph import Graph, opset_version
 from .opinfo import LINEAR_OPS, attr
 from .placement import BiasUpdate, Plan
 from .progress import Progress
-from .runner import Runner, batches
+from .runner import RUNS_IN_FLIGHT, Runner, batches
 
 
 @dataclasses.dataclass
@@ -78,16 +78,17 @@ def subset(samples: list, n: int) -> list:
 #
 # By linearity the mean output of a layer over every axis but its output channel is the layer's
 # weight applied to the mean of what each weight element multiplies: for a Conv, the mean over
-# the output positions of every input-channel x tap element of the (zero-padded) input patch;
+# the output positions of every input-channel x tap element of the (zero-padded) input patch
+# (two MatMuls with 0/1 tap matrices, `_Builder.patch_means`);
 # for Gemm / MatMul, the mean of the input rows. So
 #
 #     shift = W . P(x) - W_q . P(FQ(x))
 #
-# needs only P(x) and P(FQ(x)) from the session (Slice + ReduceMean, a few reads of the input)
-# instead of a second, quantized copy of every layer: the pass costs one fp32 run per sample.
+# needs only P(x) and P(FQ(x)) from the session (a read of the input or two)
+# instead of a second, quantized copy of every layer: the pass costs about one fp32 run.
 # The arithmetic is the same mean as the copy's (float64 here, float32 there). Ops without a
 # rule (ConvTranspose, auto_pad SAME convs, a Gemm / MatMul whose weight is not a constant
-# second input) still run their quantized copy (`_copy_layer`).
+# second input, a 3-D conv, shapes not static) still run their quantized copy (`_copy_layer`).
 
 @dataclasses.dataclass
 class _Means:
@@ -128,60 +129,61 @@ class _Builder:
             self._done[key] = out
         return self._done[key]
 
-    def patch_means(self, x: str, rank: int, kernel: list[int], pads: list[int],
+    def patch_means(self, x: str, dims: list[int], kernel: list[int], pads: list[int],
                     strides: list[int], dilations: list[int]) -> str:
-        """[T, C, 1, ...]: for every tap t of the kernel (row-major), the mean over batch and
-        output positions of the zero-padded input element that tap multiplies."""
-        key = ("patch", x, tuple(kernel), tuple(pads), tuple(strides), tuple(dilations))
+        """[C, *kernel]: for every input channel and tap of a 1-D / 2-D conv, the mean over
+        batch and output positions of the zero-padded input element that tap multiplies.
+
+        Along one spatial axis (length L), tap o at output position j reads index
+        `o*d - pad + s*j`, padding when outside [0, L): a 0/1 matrix `A[L, k]` says which
+        indices each tap reads, and the means are `A_h^T X A_w / (O_h O_w)`, two MatMuls
+        that read the input once (no Pad, no copy per tap)."""
+        key = ("patch", x, tuple(dims), tuple(kernel), tuple(pads), tuple(strides),
+               tuple(dilations))
         if key in self._done:
             return self._done[key]
         base = f"{x}/bias_correction/p{len(self._done)}"
-        sp = rank - 2
-        src = x
-        if any(pads):
-            src = base + "/pad"
-            full = [0, 0] + list(pads[:sp]) + [0, 0] + list(pads[sp:])
-            if self.opset >= 11:
-                self.nodes.append(helper.make_node(
-                    "Pad", [x, self._const(src + "/pads", full)], [src], name=src))
-            else:
-                self.nodes.append(helper.make_node("Pad", [x], [src], name=src, pads=full))
-        axes = list(range(2, rank))
-        taps = []
-        for t, offs in enumerate(np.ndindex(*kernel)):
-            starts = [o * d for o, d in zip(offs, dilations)]
-            # the last output position reads start + (O - 1) * s, O = (L - d (k - 1) - 1) // s
-            # + 1: the slice [start, L - d (k - 1 - o)) with step s holds exactly O elements
-            ends = [-(d * (k - 1 - o)) if k - 1 - o else np.iinfo(np.int64).max
-                    for o, k, d in zip(offs, kernel, dilations)]
-            sl, m = f"{base}/t{t}", f"{base}/t{t}/mean"
-            self.inits += [numpy_helper.from_array(np.asarray(v, np.int64), f"{sl}/{k}")
-                           for k, v in (("starts", starts), ("ends", ends), ("axes", axes),
-                                        ("steps", strides))]
-            self.nodes.append(helper.make_node(
-                "Slice", [src, f"{sl}/starts", f"{sl}/ends", f"{sl}/axes", f"{sl}/steps"],
-                [sl], name=sl))
-            self.reduce_mean(sl, [0] + axes, m, 1)
-            taps.append(m)
+        sp = len(kernel)
+        mats, count = [], 1
+        for a in range(sp):
+            L, k, s, d = dims[a], kernel[a], strides[a], dilations[a]
+            pb, pe = pads[a], pads[sp + a]
+            o_len = (L + pb + pe - d * (k - 1) - 1) // s + 1
+            m = np.zeros((L, k), np.float32)
+            for o in range(k):
+                idx = o * d - pb + s * np.arange(o_len)
+                m[idx[(idx >= 0) & (idx < L)], o] = 1.0
+            mats.append(m)
+            count *= o_len
+        last = mats[-1] / np.float32(count)
+        cur = base + "/w"
+        self.inits.append(numpy_helper.from_array(last, cur + "/taps"))
+        self.nodes.append(helper.make_node("MatMul", [x, cur + "/taps"], [cur], name=cur))
+        if sp == 2:
+            nxt = base + "/h"
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(mats[0].T),
+                                                      nxt + "/taps"))
+            self.nodes.append(helper.make_node("MatMul", [nxt + "/taps", cur], [nxt], name=nxt))
+            cur = nxt
         out = base + "/taps"
-        self.nodes.append(helper.make_node("Concat", taps, [out], name=out, axis=0))
+        self.reduce_mean(cur, [0], out, 0)
         self._done[key] = out
         return out
 
 
 def _conv_means(b: _Builder, g: Graph, n, x: str, xq: str) -> _Means | None:
-    rank = g.rank(n.input[0])
+    dims = g.static_shape(n.input[0])
     w = g.const(n.input[1])
-    if rank is None or rank < 3 or attr(n, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET",
-                                                                          b"VALID", "VALID"):
+    if dims is None or len(dims) not in (3, 4) or attr(n, "auto_pad", b"NOTSET") not in (
+            b"NOTSET", "NOTSET", b"VALID", "VALID"):
         return None
-    sp = rank - 2
+    sp = len(dims) - 2
     kernel = list(w.shape[2:])
     pads = list(attr(n, "pads", [0] * 2 * sp)) if attr(n, "auto_pad", b"NOTSET") in (
         b"NOTSET", "NOTSET") else [0] * 2 * sp
     strides = list(attr(n, "strides", [1] * sp))
     dil = list(attr(n, "dilations", [1] * sp))
-    geo = (rank, kernel, pads, strides, dil)
+    geo = (dims[2:], kernel, pads, strides, dil)
     px, pq = b.patch_means(x, *geo), b.patch_means(xq, *geo)
     groups = int(attr(n, "group", 1))
     cout, cg = w.shape[0], w.shape[1]
@@ -189,12 +191,12 @@ def _conv_means(b: _Builder, g: Graph, n, x: str, xq: str) -> _Means | None:
     def shift(out, wf, wq):
         t = int(np.prod(kernel))
 
-        def apply(p, ww):  # p [T, C], ww [Cout, Cg, T] -> [Cout]
-            pg = p.reshape(t, groups, cg).transpose(1, 2, 0)          # [g, Cg, T]
+        def apply(p, ww):  # p [C, T], ww [Cout, Cg, T] -> [Cout]
+            pg = p.reshape(groups, cg, t)
             wg = ww.reshape(groups, cout // groups, cg, t)
             return np.einsum("gocT,gcT->go", wg, pg).reshape(cout)
-        return (apply(out[px].reshape(t, -1).astype(np.float64), wf.reshape(cout, cg, t))
-                - apply(out[pq].reshape(t, -1).astype(np.float64), wq.reshape(cout, cg, t)))
+        return (apply(out[px].astype(np.float64), wf.reshape(cout, cg, t))
+                - apply(out[pq].astype(np.float64), wq.reshape(cout, cg, t)))
     return _Means([px, pq], shift)
 
 
@@ -313,12 +315,12 @@ def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
         out.graph.output.extend(helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
                                 for o in outputs if o not in have)
         return out
-    runner = Runner(model, threads=threads, edit=extend)
+    runner = Runner(model, threads=threads, edit=extend, workers=RUNS_IN_FLIGHT)
     sums: dict[str, np.ndarray] = {}
     count = 0
+    groups = list(batches(samples, batch_size))
     with Progress(len(samples), "fast bias correction", progress) as bar:
-        for feed, nb in batches(samples, batch_size):
-            out = runner.run(feed, outputs)
+        for (feed, nb), out in zip(groups, runner.run_all((f for f, _ in groups), outputs)):
             for o in outputs:
                 v = out[o].astype(np.float64) * nb
                 sums[o] = sums[o] + v if o in sums else v

@@ -7,7 +7,6 @@ outputs of an ONNX Runtime session; constants and graph inputs are measured dire
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 
 import numpy as np
@@ -20,7 +19,7 @@ from .graph import Graph
 from .placement import Plan, Quantizer
 from .progress import Progress
 from .range_estimators import NEEDS_HISTOGRAM, estimate
-from .runner import Runner, batches
+from .runner import RUNS_IN_FLIGHT, Runner, batches
 from . import stats_graph
 from .statistics import TensorStats
 
@@ -53,42 +52,35 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
     # (stats_graph); tensors it cannot reduce (dynamic shapes) come out whole
     edit, reduced, whole = (stats_graph.build(model, g, computed, bins, s.histogram_sample)
                             if s.reduce_in_graph else (None, [], computed))
-    runner = Runner(model, whole, threads=s.threads, edit=edit)
+    runner = Runner(model, whole, threads=s.threads, edit=edit, workers=RUNS_IN_FLIGHT)
     fetch = stats_graph.outputs(reduced) + whole
     full: Runner | None = None              # whole tensors, for a batch with NaN / Inf
     feeds_of = [t for t in acts if t in g.graph_inputs]
     desc = "statistics" + (f" ({s.activation_estimator} histograms)" if bins else "")
+    groups = list(batches(samples, s.batch_size))
 
-    def add(out, tensors, red):
-        stats_graph.add(stats, out, red, bins)
-        for t in tensors:
-            stats[t].update(out[t], bins, s.histogram_sample)
+    def feed_of(k: int, feed: dict) -> dict:
+        return {**feed, stats_graph.OFFSET: stats_graph.offset(k)} if reduced else feed
 
-    # the statistics of batch i are taken in a worker thread while ONNX Runtime runs batch
-    # i + 1 (both release the GIL); one worker, batches in order: the same statistics as a
-    # serial loop, at most two batches of activations alive
-    with Progress(len(samples), desc, s.progress) as bar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for k, (feed, n) in enumerate(batches(samples, s.batch_size), 1):
-            if reduced:
-                feed = {**feed, stats_graph.OFFSET: stats_graph.offset(k)}
-            out = runner.run(feed, fetch) if fetch else {}
+    # the session runs the next batches while this loop takes the statistics of one, in
+    # order: the same statistics as a serial loop
+    outs = (runner.run_all(feed_of(k, f) for k, (f, _) in enumerate(groups, 1))
+            if fetch else ({} for _ in groups))
+    with Progress(len(samples), desc, s.progress) as bar:
+        for (feed, n), out in zip(groups, outs):
+            out = {k: out[k] for k in fetch} if fetch else {}
             tensors, red = whole + feeds_of, reduced
             if reduced and not stats_graph.finite(out, reduced):
                 # NaN / Inf somewhere: this batch's tensors whole, so they are counted exactly
                 full = full or Runner(model, computed, threads=s.threads)
-                plain = {k2: v for k2, v in feed.items() if k2 != stats_graph.OFFSET}
-                out = full.run(plain, computed)
+                out = full.run(feed, computed)
                 tensors, red = computed + feeds_of, []
             for t in feeds_of:
                 out[t] = feed[t]
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(add, out, tensors, red)
+            stats_graph.add(stats, out, red, bins)
+            for t in tensors:
+                stats[t].update(out[t], bins, s.histogram_sample)
             bar.update(n)
-        if pending is not None:
-            pending.result()
     return stats
 
 

@@ -87,6 +87,17 @@ class Graph:
             self._const_cache[tensor] = numpy_helper.to_array(self.initializers[tensor])
         return self._const_cache[tensor]
 
+    def static_shape(self, tensor: str) -> list[int] | None:
+        """The tensor's dims when every one is known (value_info or constant), else None."""
+        vi = self.value_info.get(tensor)
+        if vi is None or not vi.type.HasField("tensor_type") or \
+                not vi.type.tensor_type.HasField("shape"):
+            c = self.const(tensor)
+            return None if c is None else list(c.shape)
+        dims = [d.dim_value if d.HasField("dim_value") else 0
+                for d in vi.type.tensor_type.shape.dim]
+        return dims if all(d > 0 for d in dims) else None
+
     def rank(self, tensor: str) -> int | None:
         vi = self.value_info.get(tensor)
         if vi is None or not vi.type.HasField("tensor_type") or \

@@ -18,6 +18,10 @@ from onnx import ModelProto, TensorProto, helper
 from ..errors import QuantizationError
 from ..frontend import large_model
 
+# calibration passes keep this many runs of one session in flight, each on its share of the
+# threads (`Runner.run_all`)
+RUNS_IN_FLIGHT = 2
+
 
 def _session(model: ModelProto, threads: int | None, optimize: bool, edit=None):
     """(session of `edit(model)` or `model`, temporary directory to keep alive or None)."""
@@ -75,8 +79,12 @@ class Runner:
 
     def __init__(self, model: ModelProto, extra_outputs: Iterable[str] = (),
                  threads: int | None = None, optimize: bool = True,
-                 edit: Callable[[ModelProto], ModelProto] | None = None):
+                 edit: Callable[[ModelProto], ModelProto] | None = None, workers: int = 1):
         extra = list(extra_outputs)
+        total = int(threads or os.cpu_count() or 1)
+        # `run_all` keeps `workers` runs in flight, each on total // workers threads
+        self.workers = max(1, min(int(workers), total))
+        threads = max(1, total // self.workers)
         ran: list[ModelProto] = []
         user_edit = edit
 
@@ -104,6 +112,28 @@ class Runner:
                 f"{ {k: (i.shape, i.type) for k, i in self.inputs.items()} }. "
                 "Check --data (and the image options) against the model's inputs.") from err
         return dict(zip(names, vals))
+
+    def run_all(self, feeds: Iterable[dict[str, np.ndarray]], outputs: list[str] | None = None
+                ) -> Iterator[dict[str, np.ndarray]]:
+        """`run` of every feed, yielded in order, with `workers` runs in flight at once (an
+        ONNX Runtime session runs concurrent calls; ResNet-50 on 2 cores: two 1-thread runs
+        at a time take 0.87-0.91x the time of one 2-thread run after the other). At most
+        `workers + 1` results are held."""
+        if self.workers == 1:
+            for feed in feeds:
+                yield self.run(feed, outputs)
+            return
+        import collections
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
+            pending: collections.deque = collections.deque()
+            for feed in feeds:
+                pending.append(pool.submit(self.run, feed, outputs))
+                if len(pending) > self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
     def dynamic_batch(self) -> bool:
         return all(not isinstance(i.shape[0], int) if i.shape else False

@@ -40,15 +40,6 @@ class Reduced:
     step: int
 
 
-def _static_size(g: Graph, t: str) -> int | None:
-    vi = g.value_info.get(t)
-    if vi is None or not vi.type.HasField("tensor_type") or \
-            not vi.type.tensor_type.HasField("shape"):
-        return None
-    dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
-    return int(np.prod(dims)) if all(d > 0 for d in dims) else None
-
-
 def build(model: ModelProto, g: Graph, tensors: list[str], bins: int | None, sample: int
           ) -> tuple[Callable[[ModelProto], ModelProto] | None, list[Reduced], list[str]]:
     """(`edit` that turns the model into the statistics model, for `Runner(edit=)`; the
@@ -58,7 +49,8 @@ def build(model: ModelProto, g: Graph, tensors: list[str], bins: int | None, sam
     nodes, inits, outs, reduced, whole = [], [], [], [], []
     flat = "qcompile/statistics/flat_shape"
     for t in tensors:
-        size = _static_size(g, t)
+        dims = g.static_shape(t)
+        size = int(np.prod(dims)) if dims is not None else None
         if size is None or g.elem_type(t) != TensorProto.FLOAT:
             whole.append(t)
             continue
