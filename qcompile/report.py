@@ -33,7 +33,9 @@ SHORT = {"uint8": "u8", "int8": "s8", "int32": "s32", "float32": "f32", "int16":
          "uint16": "u16", "int64": "s64", "float16": "f16", "bool": "bool"}
 # ops that only finish a realization (bias / zero-point add, cast): the row shows the op
 # that computes the node, found through them
-_SHAPE_EPILOGUE = {"relax.squeeze", "relax.expand_dims"}  # (a 1-D conv is a 2-D one, squeezed)
+# (a 1-D conv is a 2-D one, squeezed; a ConvTranspose with stride == kernel a conv and a
+# depth-to-space: reshape, permute_dims, reshape)
+_SHAPE_EPILOGUE = {"relax.squeeze", "relax.expand_dims", "relax.permute_dims"}
 _EPILOGUE = {"relax.add", "relax.subtract", "relax.astype", "relax.multiply",
              "relax.reshape", "relax.clip", "relax.maximum", "relax.minimum"} | _SHAPE_EPILOGUE
 _REQUANT = {"relax.dequantize", "qcompile.requantize"}

@@ -12,6 +12,8 @@ residual add written with plain Relax ops, where LLVM contracts `x * a + y * b` 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -733,10 +735,16 @@ def test_silu_split_concat_stay_in_the_region():
     assert np.mean(got == exp) > 0.9, np.mean(got == exp)
 
 
-def test_gate_and_resize_stay_in_the_region():
+@pytest.mark.parametrize("size, rounding", [((10, 24), "floor"), ((15, 18), "floor"),
+                                            ((10, 12), "round_prefer_ceil")],
+                         ids=["2x4x-floor", "3x-floor", "2x-round"])
+def test_gate_and_resize_stay_in_the_region(size, rounding):
     """A per-channel computed gate ([1, C, 1, 1], squeeze-excite / DBNet's HardSigmoid
-    attention) multiplied into a region value, then a nearest 2x resize and the quantize:
-    all in NCHW[L]c, bit-identical to the graph without the dispatch."""
+    attention) multiplied into a region value, then a nearest resize and the quantize:
+    all in NCHW[L]c, the quantize moved before the resize (which then moves u8 values),
+    bit-identical to the graph without the dispatch. Upsampling by powers of two with
+    floor rounding is `region_ops.upsample_nearest` (integer indices), other resizes TOPI's
+    in the blocked layout."""
     spec = _host_x86_spec()
     c = 24  # not a multiple of the block: the padded lanes ride along
     x = activations((1, c, 5, 6))
@@ -754,20 +762,175 @@ def test_gate_and_resize_stay_in_the_region():
             d = bb.emit(relax.op.dequantize(a, relax.const(s1), relax.const(np.int32(0)),
                                             axis=1, out_dtype="float32"))
             g = bb.emit(relax.op.multiply(d, relax.op.clip(gv, 0, 1)))
-            r = bb.emit(relax.op.image.resize2d(g, (10, 12), roi=[0.0] * 4,
+            r = bb.emit(relax.op.image.resize2d(g, size, roi=[0.0] * 4,
                                                 method="nearest_neighbor",
                                                 coordinate_transformation_mode="asymmetric",
-                                                rounding_method="floor"))
+                                                rounding_method=rounding))
             q = bb.emit(relax.op.quantize(r, relax.const(np.float32(0.04)),
                                           relax.const(np.uint8(100)), axis=0,
-                                          out_dtype="uint8"))
+                                          out_dtype="uint8"), name_hint="q")
             out = bb.emit_output(relax.op.nn.conv2d(q, relax.const(w2), out_dtype="int32"))
         bb.emit_func_output(out)
     text, got, ref = _dispatched_vs_plain(bb.get(), spec, x, gate)
     # entries: x and the gate; one exit
     assert text.count("to_nchwc") == 2 and text.count("from_nchwc") == 1, text
-    assert f'layout="NCHW{spec.int8.lanes}c"' in text, text
+    if size == (10, 24):
+        assert "upsample_nearest" in text and "resize2d" not in text, text
+        assert re.search(r"R\.call_tir\(upsample_nearest\d*, \(q_lowres", text), text
+    else:
+        assert f'layout="NCHW{spec.int8.lanes}c"' in text, text
+        assert 'dtype="uint8") = R.image.resize2d(q_lowres' in text, text
     np.testing.assert_array_equal(got, ref)
+
+
+def _requantize_call(x, mult, zp, lo=0, hi=255):
+    attrs = tvm.ir.make_node("ir.DictAttrs", axis=1, out_zp=zp, out_dtype="uint8",
+                             clip_min=lo, clip_max=hi)
+    return relax.Call(qcompile_op("qcompile.requantize"), [x, relax.const(mult)], attrs)
+
+
+def test_global_average_pool_stays_in_the_region():
+    """conv -> requantize -> the integer global average pool (`sum(int32(q))` over H, W,
+    minus H*W*zp, requantized) -> a 1x1 conv on [1, C, 1, 1] (a squeeze-excite branch): the
+    pool is `region_ops.spatial_sum` in NCHW[L]c with the cast inside it (no `from_nchwc`
+    of the s32 map), bit-exact against numpy and against the build without the dispatch."""
+    spec = _host_x86_spec()
+    c, h, w = 24, 9, 11
+    x = activations((1, c, h, w))
+    w1 = weights((c, c, 3, 3), "widen")
+    w2 = weights((c, c, 1, 1), "widen")
+    b1 = RNG.integers(-3000, 3000, c).astype(np.int32)
+    m1 = (RNG.random(c) * 2e-3 + 1e-4).astype(np.float32)
+    zp, m2 = 7, np.float32(1.0 / (h * w * 3))
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(xv, relax.const(w1), padding=(1, 1),
+                                           out_dtype="int32"))
+            a = bb.emit(relax.op.add(a, relax.const(b1.reshape(1, -1, 1, 1))))
+            q = bb.emit(_requantize_call(a, m1, zp))
+            s = bb.emit(relax.op.sum(relax.op.astype(q, "int32"), axis=[2, 3], keepdims=True))
+            s = bb.emit(relax.op.add(s, relax.const(np.int32(-h * w * zp))))
+            g = bb.emit(_requantize_call(s, np.full(c, m2, np.float32), 128))
+            out = bb.emit_output(relax.op.nn.conv2d(g, relax.const(w2), out_dtype="int32"))
+        bb.emit_func_output(out)
+    text, got, ref = _dispatched_vs_plain(bb.get(), spec, x)
+    assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
+    assert "spatial_sum" in text and "R.sum" not in text, text
+    np.testing.assert_array_equal(got, ref)
+    qv = reference.requantize(conv_ref(x, w1, padding=(1,) * 4) + b1.reshape(1, -1, 1, 1),
+                              m1, 1, zp, np.uint8, 0, 255)
+    pooled = qv.astype(np.int32).sum(axis=(2, 3), keepdims=True) - h * w * zp
+    gq = reference.requantize(pooled, np.full(c, m2, np.float32), 1, 128, np.uint8, 0, 255)
+    np.testing.assert_array_equal(got, conv_ref(gq, w2))
+
+
+def test_gate_conv_epilogue_over_the_feature_map():
+    """A squeeze-excite gate: the 1x1 conv on the pooled [1, C, 1, 1] value, whose fused
+    epilogue (dequantize, HardSigmoid, the multiply into the [1, C, H, W] map, quantize)
+    is far larger than the conv's output: it gets a parallel loop of its own over the map
+    (`schedule._place_epilogue`), with the same values as the graph without the dispatch."""
+    from qcompile.schedules import dispatch_for
+
+    spec = _host_x86_spec()
+    c, h, w = 24, 12, 10
+    x = activations((1, c, h, w))
+    w1 = weights((c, c, 1, 1), "widen")
+    wg = weights((c, c, 1, 1), "widen")
+    s1 = (RNG.random(c) * 2e-3 + 1e-4).astype(np.float32)
+    sg = (RNG.random(c) * 1e-3 + 1e-4).astype(np.float32)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(xv, relax.const(w1), out_dtype="int32"))
+            d = bb.emit(relax.op.dequantize(a, relax.const(s1), relax.const(np.int32(0)),
+                                            axis=1, out_dtype="float32"))
+            q = bb.emit(_requantize_call(a, s1 * 50, 128))
+            p = bb.emit(relax.op.sum(relax.op.astype(q, "int32"), axis=[2, 3], keepdims=True))
+            p = bb.emit(_requantize_call(bb.emit(relax.op.add(
+                p, relax.const(np.int32(-h * w * 128)))), np.full(c, 1 / (h * w), np.float32),
+                128))
+            g = bb.emit(relax.op.nn.conv2d(p, relax.const(wg), out_dtype="int32"))
+            g = bb.emit(relax.op.dequantize(g, relax.const(sg), relax.const(np.int32(0)),
+                                            axis=1, out_dtype="float32"))
+            g = bb.emit(relax.op.clip(relax.op.add(relax.op.multiply(
+                g, relax.const(np.float32(0.2))), relax.const(np.float32(0.5))), 0, 1))
+            y = bb.emit(relax.op.multiply(d, g))
+            out = bb.emit_output(relax.op.quantize(y, relax.const(np.float32(0.05)),
+                                                   relax.const(np.uint8(128)), axis=0,
+                                                   out_dtype="uint8"))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    text, got, ref = _dispatched_vs_plain(mod, spec, x)
+    assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
+    np.testing.assert_array_equal(got, ref)
+    out, default = dispatch_for(mod, spec)
+    fused = default(codegen.fuse(out, spec.tvm_target()), spec.tvm_target())
+    gate = [f.script() for gv, f in fused.functions.items()
+            if "qconv2d" in gv.name_hint and "multiply" in gv.name_hint]
+    # the map's loop nest: parallel over channel blocks x rows, not inside the conv's chunks
+    assert gate and f"T.parallel(T.int64({-(-c // spec.int8.lanes) * h}))" in gate[0], gate
+
+
+def _conv_transpose_graph(x, w, scale, bias, bn, qs, w2, kh=2, kw=2):
+    """A ConvTranspose (stride == kernel) as the frontend imports it after the low-precision
+    passes: 1x1 int8 conv to O*kh*kw channels (CRD: channel o*kh*kw + i*kw + j), its
+    per-channel dequantize, the depth-to-space (reshape, permute, reshape), then a bias,
+    an unfolded batch norm, ReLU, quantize and the next 1x1 conv (DBNet's head)."""
+    n, _, h, wd = x.shape
+    o = w.shape[0] // (kh * kw)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "uint8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.nn.conv2d(xv, relax.const(w), out_dtype="int32"))
+            d = bb.emit(relax.op.dequantize(a, relax.const(scale),
+                                            relax.const(np.zeros(scale.size, np.int32)),
+                                            axis=1, out_dtype="float32"))
+            r = bb.emit(relax.op.reshape(d, (n, o, kh, kw, h, wd)))
+            t = bb.emit(relax.op.permute_dims(r, [0, 1, 4, 2, 5, 3]))
+            z = bb.emit(relax.op.reshape(t, (n, o, h * kh, wd * kw)))
+            z = bb.emit(relax.op.add(z, relax.const(bias.reshape(1, -1, 1, 1))))
+            bnt = bb.emit(relax.op.nn.batch_norm(z, *(relax.const(v) for v in bn), axis=1,
+                                                 training=False))
+            y = bb.emit(relax.op.nn.relu(bb.emit(relax.TupleGetItem(bnt, 0))))
+            q = bb.emit(relax.op.quantize(y, relax.const(np.float32(qs)),
+                                          relax.const(np.uint8(0)), axis=0, out_dtype="uint8"))
+            out = bb.emit_output(relax.op.nn.conv2d(q, relax.const(w2), out_dtype="int32"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_conv_transpose_depth_to_space_stays_in_the_region():
+    """DBNet's ConvTranspose head: the conv's channels are reordered to DCR and the bias,
+    batch norm, ReLU and quantize move before the depth-to-space
+    (`relay_passes/depth_to_space.py`), which then copies whole u8 blocks in NCHW[L]c
+    (`region_ops.depth_to_space`): one region from the input to the output, the same
+    values as the graph built without the dispatch."""
+    from qcompile.relay_passes.depth_to_space import reorder_depth_to_space
+
+    spec = _host_x86_spec()
+    c, o, h, w = 16, 16, 5, 7
+    x = activations((1, c, h, w))
+    wt = weights((o * 4, c, 1, 1), "widen")
+    scale = np.repeat((RNG.random(o) * 2e-3 + 1e-4).astype(np.float32), 4)
+    bias = (RNG.random(o) - 0.5).astype(np.float32)
+    bn = [(RNG.random(o) + 0.5).astype(np.float32), (RNG.random(o) - 0.5).astype(np.float32),
+          (RNG.random(o) - 0.5).astype(np.float32), (RNG.random(o) + 0.1).astype(np.float32)]
+    w2 = weights((8, o, 1, 1), "widen")
+    mod = _conv_transpose_graph(x, wt, scale, bias, bn, 0.02, w2)
+    moved = reorder_depth_to_space(mod, spec.int8.lanes)["main"].script()
+    assert "R.nn.batch_norm" not in moved and "axes=[0, 3, 4, 1, 5, 2]" in moved, moved
+    text, got, ref = _dispatched_vs_plain(mod, spec, x)
+    assert text.count("to_nchwc") == 1 and text.count("from_nchwc") == 1, text
+    assert "depth_to_space" in text and "R.permute_dims" not in text, text
+    np.testing.assert_array_equal(got, ref)
+    # O not a multiple of the block: left as it was (its depth-to-space leaves the region)
+    odd = _conv_transpose_graph(x, wt[:12], scale[:12], bias[:3], [v[:3] for v in bn], 0.02,
+                                w2[:, :3])
+    tvm.ir.assert_structural_equal(reorder_depth_to_space(odd, spec.int8.lanes), odd)
 
 
 def test_dense_dequant_and_relu_clip():

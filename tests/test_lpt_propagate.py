@@ -90,6 +90,45 @@ def test_per_channel_reshape_that_merges_the_axis_stays():
     tvm.ir.assert_structural_equal(run(before), before)
 
 
+def test_per_channel_split_by_reshape_follows_the_varying_part():
+    """A 1x1 conv's O*kh*kw output channels with the scale of O (a ConvTranspose imported as
+    conv + depth-to-space): reshaped to [N, O, kh, kw, H, W], per-axis along O. A split
+    whose parts both vary stays."""
+    s = np.repeat(np.array([0.1, 0.2, 0.3], np.float32), 4)        # O = 3, kh = kw = 2
+    z = np.zeros(12, np.uint8)
+    with IR({"x": ((1, 12, 5, 5), "uint8")}) as ir:
+        d = ir.emit(dq(ir.p[0], s, z, axis=1))
+        before = ir.out(ir.emit(relax.op.reshape(d, (1, 3, 2, 2, 5, 5)), "r"))
+    after = run(before)
+    with IR({"x": ((1, 12, 5, 5), "uint8")}) as ir:
+        r = ir.emit(relax.op.reshape(ir.p[0], (1, 3, 2, 2, 5, 5)), "r")
+        expected = ir.out(ir.emit(dq(r, s[::4].copy(), z[:3].copy(), axis=1)))
+    tvm.ir.assert_structural_equal(after, expected)
+    s2 = np.linspace(0.1, 1.2, 12).astype(np.float32)
+    with IR({"x": ((1, 12, 5, 5), "uint8")}) as ir:
+        d = ir.emit(dq(ir.p[0], s2, z, axis=1))
+        before = ir.out(ir.emit(relax.op.reshape(d, (1, 3, 2, 2, 5, 5))))
+    tvm.ir.assert_structural_equal(run(before), before)
+
+
+def test_per_channel_constant_folds_through_a_reshape_that_merges_the_axis():
+    """A ConvTranspose weight [I, O, kh, kw] per channel along O, permuted to [O, kh, kw, I]
+    and reshaped to the 1x1 conv's [O*kh*kw, I, 1, 1]: the scale repeats over kh*kw."""
+    w = (np.arange(4 * 3 * 2 * 2) % 15 - 7).astype(np.int8).reshape(4, 3, 2, 2)
+    s = np.array([0.1, 0.2, 0.3], np.float32)
+    with IR({"x": ((1, 4, 5, 5), "float32")}) as ir:
+        wd = ir.emit(dq(c(w), s, np.zeros(3, np.int8), "int8", axis=1))
+        wp = ir.emit(relax.op.permute_dims(wd, [1, 2, 3, 0]))
+        wr = ir.emit(relax.op.reshape(wp, (12, 4, 1, 1)))
+        before = ir.out(ir.emit(relax.op.nn.conv2d(ir.p[0], wr)))
+    after = run(before)
+    with IR({"x": ((1, 4, 5, 5), "float32")}) as ir:
+        wq = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(12, 4, 1, 1))
+        wr = ir.emit(dq(c(wq), np.repeat(s, 4), np.zeros(12, np.int8), "int8", axis=0))
+        expected = ir.out(ir.emit(relax.op.nn.conv2d(ir.p[0], wr)))
+    tvm.ir.assert_structural_equal(after, expected)
+
+
 def test_concat_with_equal_parameters_and_split():
     with IR({"a": ((1, 2, 4, 4), "uint8"), "b": ((1, 2, 4, 4), "uint8")}) as ir:
         da = ir.emit(dq(ir.p[0], S, Z))

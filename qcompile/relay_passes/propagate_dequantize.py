@@ -5,7 +5,9 @@ Expects: the output of pass 1 (dequantize(q, const scale, const zp) values).
 Guarantees: for every binding `y = f(dequantize(q, P))` where `f` is in `RULES` and its rule
 accepts `P`, `y` is rewritten into `dequantize(f_int(q), P')` — the integer op is bound under
 `y`'s name (the ONNX node), the dequantize as `<y>__dq`. Exact by construction:
-  reshape / flatten / expand_dims / squeeze / permute_dims  (per-axis: the axis follows)
+  reshape / flatten / expand_dims / squeeze / permute_dims  (per-axis: the axis follows; a
+                           split axis where the parameters vary along one part; a merged
+                           one only for a constant, the parameters repeated)
   max_pool2d               (NCHW; per tensor or per channel; positive scales: monotonic)
   strided_slice            (per tensor, or per-axis along an axis that is not sliced)
   pad (constant)           the pad value v becomes v / s + zp (must be an integer level)
@@ -47,17 +49,80 @@ class Rule:
 
 
 class Reshape(Rule):
+    """The per-channel axis follows a reshape that keeps it; one that splits it keeps
+    per-axis parameters when they vary along only one of the parts (a 1x1 conv's
+    `O*kh*kw` output channels with the scale of `O` reshaped to `[O, kh, kw]`: a
+    ConvTranspose imported as conv + depth-to-space). A constant (weights) is also folded
+    through a reshape that merges its axis with others: the parameters are repeated over
+    the merged dimension (the same ConvTranspose's weight `[O, kh, kw, I]` -> `[O*kh*kw, I]`)."""
+
     def can_transform(self, rw, call, p):
         if p.per_tensor:
             return None
-        if remap_axis(shape_of(call.args[0]), shape_of(call), p.axis) is None:
+        if _reshaped_params(shape_of(call.args[0]), shape_of(call), p,
+                            merge=_dequantizes_const(rw, call.args[0])) is None:
             return "per-channel parameters along an axis the reshape merges"
         return None
 
     def params(self, rw, call, p):
         if p.per_tensor:
             return p
-        return p.with_(axis=remap_axis(shape_of(call.args[0]), shape_of(call), p.axis))
+        return _reshaped_params(shape_of(call.args[0]), shape_of(call), p,
+                                merge=_dequantizes_const(rw, call.args[0]))
+
+
+def _dequantizes_const(rw, expr) -> bool:
+    d = rw.dq(expr)
+    return d is not None and rw.const(d[0]) is not None
+
+
+def _reshaped_params(in_shape, out_shape, p: QParams, merge: bool) -> QParams | None:
+    """Per-axis parameters `p` of a value reshaped from `in_shape` to `out_shape`, or None.
+
+    The dimensions around the axis are grouped into the smallest run of input dimensions
+    whose product equals that of a run of output dimensions (the reshape maps the run onto
+    the other, elementwise in row-major order). When the axis is the run's only non-unit
+    input dimension (a split), the parameters broadcast over the run and reshaped to the
+    output run must vary along at most one output dimension (then per-axis along it). A run
+    that merges the axis with other dimensions is taken only when `merge` (a constant being
+    folded) and the output run is a single dimension (per-axis along it, the parameters
+    repeated)."""
+    axis = remap_axis(in_shape, out_shape, p.axis)
+    if axis is not None:
+        return p.with_(axis=axis)
+    if in_shape is None or out_shape is None:
+        return None
+    in_shape, out_shape = [int(d) for d in in_shape], [int(d) for d in out_shape]
+    pin = [int(np.prod(in_shape[:k], dtype=np.int64)) for k in range(len(in_shape) + 1)]
+    pout = [int(np.prod(out_shape[:k], dtype=np.int64)) for k in range(len(out_shape) + 1)]
+    bounds = set(pin) & set(pout)
+    a = max(k for k in range(p.axis + 1) if pin[k] in bounds)
+    b = min(k for k in range(p.axis + 1, len(in_shape) + 1) if pin[k] in bounds)
+    c = max(k for k in range(len(out_shape) + 1) if pout[k] == pin[a])
+    d = min(k for k in range(c, len(out_shape) + 1) if pout[k] == pin[b])
+    group_in, group_out = in_shape[a:b], out_shape[c:d]
+    merges = any(dim != 1 for k, dim in enumerate(group_in) if k != p.axis - a)
+    if not group_out or (merges and not merge) \
+            or int(np.prod(group_out, dtype=np.int64)) > 1 << 16:
+        return None
+    bshape = [1] * len(group_in)
+    bshape[p.axis - a] = -1
+    # scale and zero point side by side, broadcast over the run and laid out as the output
+    both = np.stack([np.broadcast_to(v.astype(np.float64).reshape(bshape), group_in)
+                     for v in (p.scale, p.zp)], -1).reshape(group_out + [2])
+    varying = [j for j in range(len(group_out))
+               if not np.all(both == np.take(both, [0], axis=j))]
+    if len(varying) <= 1:
+        j = varying[0] if varying else 0
+        idx = tuple(slice(None) if k == j else 0 for k in range(len(group_out)))
+        vals = both[idx]
+        return p.with_(scale=vals[:, 0].astype(np.float32),
+                       zp=vals[:, 1].astype(p.zp.dtype), axis=c + j)
+    if merge and len(group_out) == 1:
+        flat = both.reshape(-1, 2)
+        return p.with_(scale=flat[:, 0].astype(np.float32),
+                       zp=flat[:, 1].astype(p.zp.dtype), axis=c)
+    return None
 
 
 class Permute(Rule):

@@ -4,7 +4,8 @@ template scheduled (the fp32 remainder of an int8 model, or an untuned fp32 buil
 Expects: an IRModule after FuseTIR (and after MetaScheduleApplyDatabase / template
 schedules, which mark their functions `tir.is_scheduled`).
 Guarantees: every other PrimFunc is scheduled to use every core and the vector unit:
-injective producers are inlined; in each remaining block the leading spatial loops are fused
+injective producers are inlined (into a reduction only where the reduction's block asks for
+it with `qcompile.inline_producers`); in each remaining block the leading spatial loops are fused
 and parallelized; for a reduction (conv, matmul) the innermost spatial loop is split by the
 vector width and moved inside the reduction loops together with 4 (or 2) iterations of the
 next spatial loop, so a 4 x vector tile of accumulators stays in registers; an elementwise block's innermost loop is vectorized. A step that a block's
@@ -111,6 +112,12 @@ def _is_reduction(sch, block) -> bool:
     return any(iv.iter_type != IterVar.DataPar for iv in sch.get(block).iter_vars)
 
 
+def _inlines_producers(sch, block) -> bool:
+    """A reduction that reads each producer element once and asks for its elementwise
+    producers inlined (`qcompile.inline_producers`: the x86 regions' `spatial_sum`)."""
+    return "qcompile.inline_producers" in sch.get(block).annotations
+
+
 def _blocks(sch):
     """Names of the top-level blocks under the root block, in program order."""
     root = sch.get_sblock("root")
@@ -138,7 +145,7 @@ def schedule_func(func, lanes: int, name: str = "", fallbacks=None):
         # inline into elementwise consumers only: padding inlined into a conv's reduction
         # becomes a branch in its innermost loop
         consumers = sch.get_consumers(block)
-        if any(_is_reduction(sch, c) for c in consumers):
+        if any(_is_reduction(sch, c) and not _inlines_producers(sch, c) for c in consumers):
             continue
         try:
             sch.compute_inline(block)

@@ -1,4 +1,5 @@
-"""TE computes used at the borders of, and inside, int8 regions (all injective).
+"""TE computes used at the borders of, and inside, int8 regions (injective, but for the
+reduction `spatial_sum`).
 
 * `to_nchwc` / `from_nchwc`: NCHW <-> NCHW[c]c layout transforms at region borders (their
   blocks are annotated ``qcompile.layout_transform`` so `apply_default_schedules` gives the
@@ -13,7 +14,11 @@
   `f32(x - zp) * scale`, `clip(round(x / scale) + zp)`) with their scale and zero point laid
   out as NCHW[L]c constants, so a conv's f32 epilogue (YOLOv8's SiLU: dequantize, sigmoid,
   multiply, quantize) stays in the region instead of leaving it through `from_nchwc` and
-  coming back through `to_nchwc`.
+  coming back through `to_nchwc`;
+* `spatial_sum`: the integer global average pool's sum over H and W (cast inside);
+* `depth_to_space` (DCR, whole blocks) and `upsample_nearest` (integer factors): data
+  movement that keeps the blocked layout (scheduled by `schedule.default_block_copy_schedule`
+  when they are kernels of their own).
 
 The output stages round with `llvm.lrint` (`vcvtps2dq`) after clipping (`qops.offset_clip_cast`).
 """
@@ -26,6 +31,14 @@ from tvm import te, tirx
 from qcompile import ops as qops
 
 LAYOUT_ATTR = "qcompile.layout_transform"
+# a reduction block that reads each element of its producers once (`spatial_sum`): the
+# generic schedule inlines elementwise producers into it (it keeps them out of other
+# reductions, where a pad would become a branch in the inner loop or a conv would recompute)
+INLINE_PRODUCERS_ATTR = "qcompile.inline_producers"
+# `depth_to_space` / `upsample_nearest` (schedule.default_block_copy_schedule when it is a
+# kernel of its own)
+D2S_ATTR = "qcompile.depth_to_space"
+UPSAMPLE_ATTR = "qcompile.upsample_nearest"
 
 
 def to_nchwc(x: te.Tensor, cb: int, pad_value: int = 0) -> te.Tensor:
@@ -98,3 +111,43 @@ def quantize(x: te.Tensor, scale: te.Tensor, zp: te.Tensor, dtype: str) -> te.Te
                                      lrint=True)
 
     return te.compute(x.shape, fn, name="quantize")
+
+
+def spatial_sum(x: te.Tensor, dtype: str) -> te.Tensor:
+    """The sum over H and W of an NCHW[L]c integer value, each element cast to `dtype`
+    (int32) inside the reduction: `[N, C/L, 1, 1, L]`, the global average pool's
+    `sum(int32(x))` (docs/integer-ir.md). Reading the u8 value directly, a 96 x 80 x 80 map
+    is 0.6 MB instead of the 2.4 MB of a separate s32 cast (which the generic schedule does
+    not inline into a reduction). Integer sums are exact in any order."""
+    n, cc, h, w, cb = (int(v) for v in x.shape)
+    rh = te.reduce_axis((0, h), name="rh")
+    rw = te.reduce_axis((0, w), name="rw")
+    return te.compute(
+        (n, cc, 1, 1, cb),
+        lambda i, o, _y, _z, b: te.sum(x[i, o, rh, rw, b].astype(dtype), axis=[rh, rw]),
+        name="spatial_sum", attrs={INLINE_PRODUCERS_ATTR: 1})
+
+
+def depth_to_space(x: te.Tensor, kh: int, kw: int) -> te.Tensor:
+    """Depth-to-space in DCR order of an NCHW[L]c value with `kh*kw*O` channels, O a
+    multiple of L (`relay_passes/depth_to_space.py`): output channel o at
+    (y*kh + i, x*kw + j) is input channel (i*kw + j)*O + o at (y, x). An output block is one
+    input block, so each output pixel copies L contiguous lanes."""
+    n, cc, h, w, cb = (int(v) for v in x.shape)
+    ob = cc // (kh * kw)
+    return te.compute(
+        (n, ob, h * kh, w * kw, cb),
+        lambda b, o, y, z, lane: x[b, ((y % kh) * kw + z % kw) * ob + o, y // kh, z // kw,
+                                   lane],
+        name="depth_to_space", attrs={D2S_ATTR: 1})
+
+
+def upsample_nearest(x: te.Tensor, ky: int, kx: int) -> te.Tensor:
+    """Nearest-neighbour upsampling of an NCHW[L]c value by integer factors:
+    out[.., y, x, :] = x[.., y // ky, x // kx, :] (`x86_int8_dispatch` uses it where TOPI's
+    resize computes the same index through f32 coordinates per element, ~5x slower)."""
+    n, cc, h, w, cb = (int(v) for v in x.shape)
+    return te.compute(
+        (n, cc, h * ky, w * kx, cb),
+        lambda b, c, y, z, lane: x[b, c, y // ky, z // kx, lane],
+        name="upsample_nearest", attrs={UPSAMPLE_ATTR: 1})

@@ -199,10 +199,27 @@ def _prologue(sch: Schedule, main, threads: int, at_root: bool = True,
     return out
 
 
-def _place_epilogue(sch: Schedule, epilogue, loop) -> None:
+def _place_epilogue(sch: Schedule, epilogue, loop, main=None, threads: int = 1) -> None:
     for blk in epilogue:
+        if main is not None and _broadcasts(sch, main, blk):
+            # a consumer far larger than the kernel's output (the 1x1 conv of a
+            # squeeze-excite gate on [N, C, 1, 1], its fused multiply over the whole feature
+            # map): a parallel loop of its own over the map after the kernel, not nested in
+            # the kernel's few output-channel chunks (PP-OCRv4 det's 96 x 80 x 80 gate: 3
+            # chunks on 2 threads, one thread idle a third of the time)
+            _root_injective(sch, blk, threads)
+            continue
         sch.reverse_compute_at(blk, loop, preserve_unit_loops=True)
         _vectorize_innermost(sch, blk)
+
+
+def _broadcasts(sch: Schedule, main, blk, factor: int = 8) -> bool:
+    """Whether epilogue `blk` iterates over >= `factor` times the outputs of `main`."""
+    from tvm.tirx import IterVar
+
+    outs = math.prod(int(iv.dom.extent) for iv in sch.get(main).iter_vars
+                     if iv.iter_type == IterVar.DataPar)
+    return math.prod(_ext(sch, lp) for lp in sch.get_loops(blk)) >= factor * outs
 
 
 def _tile(sch: Schedule, loop, n: int, tune: bool, decision: list[int] | None,
@@ -277,7 +294,7 @@ def _schedule_conv(sch: Schedule, main, info: intrinsics.DotIntrin, tune: bool,
     else:  # weights dominate: split the output channels, each core streams half of them
         par = sch.fuse(b, oc_o, y_o)
     sch.parallel(par)
-    _place_epilogue(sch, epilogue, x_o)
+    _place_epilogue(sch, epilogue, x_o, main, threads)
     init = sch.decompose_reduction(main, icc_o)
     _vectorize_innermost(sch, init)
     sch.tensorize(ob, info.name)
@@ -571,6 +588,52 @@ def default_injective_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
+_BLOCK_COPIES = ("depth_to_space", "upsample_nearest")
+
+
+def _is_block_copy(func) -> bool:
+    """A PrimFunc whose last block is a `depth_to_space` / `upsample_nearest` (the others,
+    if any, its producers)."""
+    if not (isinstance(func, tirx.PrimFunc) and (
+            region_ops.D2S_ATTR in str(func) or region_ops.UPSAMPLE_ATTR in str(func))):
+        return False
+    sch = Schedule(tvm.IRModule({"main": func}))
+    blocks = _all_blocks(sch)
+    return bool(blocks) and _block_name(sch, blocks[-1]) in _BLOCK_COPIES \
+        and not sch.get_consumers(blocks[-1])
+
+
+def default_block_copy_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`region_ops.depth_to_space` / `upsample_nearest`: output rows and columns split by
+    the factors (kh, kw), so each input index is the loop variables themselves (no
+    division per element), the L lanes of a pixel one vector copy, rows of all channel
+    blocks parallel; fused producers computed before it at the root. As a generic
+    injective loop (one parallel loop over pixels, the indices divided out per vector)
+    PP-OCRv4 det's 96 x 80 x 80 -> 24 x 160 x 160 u8 depth-to-space took ~200 us. None
+    where a step does not apply (a producer that is not injective): the generic schedule
+    then takes the function."""
+    sch = Schedule(tvm.IRModule({"main": func}))
+    *producers, blk = _all_blocks(sch)
+    try:
+        # producers (the quantize before an upsampling) at the root over their own, smaller
+        # shape: inlined, an upsampling by k x k computed each of their elements k*k times
+        for p in producers:
+            _root_injective(sch, p, _threads())
+        b, o, y, z, lane = sch.get_loops(blk)
+        buf_in = sch.get(blk).reads[0].source
+        kh = _ext(sch, y) // int(buf_in.shape[2])
+        kw = _ext(sch, z) // int(buf_in.shape[3])
+        yo, yi = sch.split(y, [None, kh])
+        zo, zi = sch.split(z, [None, kw])
+        sch.reorder(b, o, yo, yi, zo, zi, lane)
+        sch.parallel(sch.fuse(b, o, yo))
+        sch.unroll(zi)
+        sch.vectorize(lane)
+    except _TVM_ERRORS:
+        return None
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
 def _producers_at_rows(func: tirx.PrimFunc):
     """The layout transform scheduled as by `_root_injective`, its fused producers (e.g. the
     model's input quantize before NCHW -> NCHW4c) computed per parallel chunk in their own
@@ -639,6 +702,10 @@ def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
                 updates[gv] = default_schedule(func)
             elif _is_layout_transform(func):
                 updates[gv] = default_injective_schedule(func)
+            elif _is_block_copy(func):
+                copy = default_block_copy_schedule(func)
+                if copy is not None:  # else: the generic schedule
+                    updates[gv] = copy
         except tvm_errors() as err:
             if strict:
                 raise
