@@ -43,7 +43,7 @@ class QuantizeConfig:
                             help="per-channel weight range: minmax (abs max, default) or mse")
     percentile: float = flag(99.99, help="percentile for --activation-stat percentile")
     histogram_bins: int = flag(2048, help="histogram bins for percentile/mse/kl")
-    histogram_sample: int = flag(65536, help="values per tensor and sample the percentile/mse/"
+    histogram_sample: int = flag(16384, help="values per tensor and sample the percentile/mse/"
                                  "kl histogram takes, evenly strided (0: every value); min, "
                                  "max and the range grow see every value")
     overflow_fix: str = flag("auto", choices=["auto", "none", "first-layer", "all"],
