@@ -230,7 +230,7 @@ MEAN_RULES: dict[str, Callable] = {"Conv": _conv_means, "Gemm": _gemm_means,
                                    "MatMul": _matmul_means}
 
 
-def _copy_layer(b: _Builder, g: Graph, model: ModelProto, n, new_inputs: list[str]) -> _Means:
+def _copy_layer(b: _Builder, g: Graph, n, new_inputs: list[str]) -> _Means:
     """The layer run again on its quantized inputs; the mean difference reduced in the graph."""
     name = n.name
     yq = f"{name}/bias_correction/q"
@@ -298,7 +298,7 @@ def correct(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
             new_inputs = list(n.input)
             for i, qid in qop.inputs.items():
                 new_inputs[i] = fq(qid)
-            m = _copy_layer(b, g, model, n, new_inputs)
+            m = _copy_layer(b, g, n, new_inputs)
         means[name] = m
         sites[name] = site
     if not sites:
