@@ -82,7 +82,8 @@ def _split(samples: list, holdout: int, has_val: bool) -> tuple[list, int]:
 
 def run(args: argparse.Namespace) -> int:
     from ..quantization import accuracy_aware, metrics
-    from ..quantization.api import apply_input_flags, quantize_detailed, save
+    from ..frontend.control_flow import apply_input_flags
+    from ..quantization.api import quantize_detailed, save
     from ..quantization.config import QuantizeConfig
     from ..quantization.datasets import DatasetConfig, make_dataset, take
     from ..quantization.graph import load_model
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
 
     fp32 = apply_input_flags(load_model(args.model), qcfg.input_shapes, qcfg.input_values,
-                             str(args.model))
+                             str(args.model), require_static=False)
     has_val = bool(qcfg.val_data)
     pool = list(take(make_dataset(dcfg.data, fp32, dcfg),
                      qcfg.subset_size + (0 if has_val else ccfg.holdout)))

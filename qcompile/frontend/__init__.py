@@ -18,11 +18,11 @@ from collections import defaultdict
 import onnx
 
 from ..errors import ModelError, QCompileError, UnsupportedOpsError
-from .control_flow import freeze_inputs, subgraph_nodes
-from .fold import fold_constants
+from .control_flow import apply_input_flags, subgraph_nodes
+from .fold import fold_to_fixpoint
 from .loader import load_model, opset_of
 from .registry import patched_importer, registered_op_types, sanitize, tvm_supported_op_types
-from .shapes import check_tensor_io, dims_of, elem_dtype, fix_input_shapes, graph_inputs, infer_shapes
+from .shapes import check_tensor_io, dims_of, elem_dtype, graph_inputs, infer_shapes
 
 
 @dataclasses.dataclass
@@ -63,9 +63,6 @@ def check_supported(model: onnx.ModelProto, source: str) -> None:
         raise UnsupportedOpsError(dict(missing), source)
 
 
-MAX_FOLD_ROUNDS = 16
-
-
 def prepare(model: str | os.PathLike | onnx.ModelProto,
             input_shapes: dict[str, tuple[int, ...]] | None = None,
             input_values: dict[str, object] | None = None):
@@ -73,21 +70,9 @@ def prepare(model: str | os.PathLike | onnx.ModelProto,
     TVM). input_values: {input name: value(s)} (`--input-value`), dtype from the input."""
     proto, source = load_model(model)
     check_tensor_io(proto, source)
-    if input_values:
-        proto = freeze_inputs(proto, input_values, input_shapes, source)
-        input_shapes = {k: v for k, v in (input_shapes or {}).items() if k not in input_values}
-    proto = fix_input_shapes(proto, input_shapes, source)
+    proto = apply_input_flags(proto, input_shapes, input_values, source)
     proto = infer_shapes(proto, source)
-    # fold, re-infer, repeat: a folded shape (Shape->...->Reshape) makes the Reshape's output
-    # static, which lets the next Shape of it fold in the next round (PP-OCRv4's attention)
-    folded = 0
-    for _ in range(MAX_FOLD_ROUNDS):
-        proto, n = fold_constants(proto)
-        if n:
-            proto = infer_shapes(proto, source)
-        folded += n
-        if not n:
-            break
+    proto, folded = fold_to_fixpoint(proto, source)
     check_supported(proto, source)
     return proto, source, folded
 

@@ -157,6 +157,22 @@ def freeze_inputs(model: onnx.ModelProto, values: dict[str, Any] | None,
     return out
 
 
+
+def apply_input_flags(model: onnx.ModelProto, shapes: dict | None, values: dict | None,
+                      source: str, require_static: bool = True) -> onnx.ModelProto:
+    """`--input-value` (frozen inputs become initializers), then `--input-shape` of the
+    inputs left (`shapes.fix_input_shapes`; `require_static=False` lets dynamic dims stay:
+    the PTQ's calibration data gives them)."""
+    from .shapes import fix_input_shapes
+
+    if values:
+        model = freeze_inputs(model, values, shapes, source)
+        shapes = {k: v for k, v in (shapes or {}).items() if k not in values}
+    if shapes or require_static:
+        model = fix_input_shapes(model, shapes, source, require_static=require_static)
+    return model
+
+
 def frozen_values(values: dict[str, Any] | None) -> dict[str, list]:
     """JSON-able form of `--input-value`s (reports)."""
     return {k: np.asarray(v).reshape(-1).tolist() for k, v in (values or {}).items()}
@@ -324,8 +340,8 @@ def inline_if(node: onnx.NodeProto, cond: Any, names: Names) -> Inlined | None:
 
 # ---- the PTQ path ----------------------------------------------------------------------------
 
-def inline_constant_ifs(model: onnx.ModelProto, source: str = "model",
-                        max_rounds: int = 16) -> tuple[onnx.ModelProto, list[dict]]:
+def inline_constant_ifs(model: onnx.ModelProto, source: str = "model"
+                        ) -> tuple[onnx.ModelProto, list[dict]]:
     """For the PTQ, which otherwise works on the graph as given: when `model` has If nodes,
     fold constants and re-infer shapes until nothing changes (as `frontend.prepare` does
     for the build), so each If whose condition becomes constant (a frozen input, static
@@ -334,19 +350,15 @@ def inline_constant_ifs(model: onnx.ModelProto, source: str = "model",
     if not any(n.op_type == "If" for n in model.graph.node):
         return model, []
     from ..errors import ModelError
-    from .fold import fold_constants
+    from .fold import fold_to_fixpoint
     from .shapes import infer_shapes
 
     log: list[dict] = []
-    m = model
-    for _ in range(max_rounds):
-        try:
-            m = infer_shapes(m, source)
-        except ModelError:      # shapes are a help here, not a requirement
-            pass
-        m, n = fold_constants(m, inlined=log)
-        if not n:
-            break
+    try:
+        m = infer_shapes(model, source)
+    except ModelError:      # shapes are a help here, not a requirement
+        m = model
+    m, _ = fold_to_fixpoint(m, source, inlined=log, shapes_optional=True)
     return (m, log) if log else (model, [])
 
 

@@ -21,7 +21,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..errors import ModelError
 from .control_flow import Names, implicit_inputs, inline_if
+from .shapes import infer_shapes
+
+# fold / re-infer rounds before giving up on reaching a fixed point
+MAX_FOLD_ROUNDS = 16
 
 NEVER_FOLD = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "FakeQuantize",
@@ -137,3 +142,25 @@ def fold_constants(model: onnx.ModelProto, inlined: list | None = None
     del out.graph.value_info[:]
     out.graph.value_info.extend(vis)
     return out, folded
+
+
+def fold_to_fixpoint(model: onnx.ModelProto, source: str = "model", inlined: list | None = None,
+                     shapes_optional: bool = False) -> tuple[onnx.ModelProto, int]:
+    """Fold, re-infer shapes, repeat until nothing folds (at most `MAX_FOLD_ROUNDS`): a
+    folded shape (Shape->...->Reshape) makes the Reshape's output static, which lets the next
+    Shape of it fold in the next round (PP-OCRv4's attention), and a folded If condition
+    inlines its branch. `model` must be shape-inferred already. `shapes_optional`: a failed
+    re-inference keeps the model as it is instead of raising. Returns (model, nodes folded
+    or Ifs inlined)."""
+    folded = 0
+    for _ in range(MAX_FOLD_ROUNDS):
+        model, n = fold_constants(model, inlined=inlined)
+        folded += n
+        if not n:
+            break
+        try:
+            model = infer_shapes(model, source)
+        except ModelError:
+            if not shapes_optional:
+                raise
+    return model, folded

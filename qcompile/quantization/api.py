@@ -24,7 +24,7 @@ from onnx import ModelProto
 
 from .. import config as _config
 from ..errors import QuantizationError
-from ..frontend.control_flow import (freeze_inputs, frozen_values, inline_constant_ifs,
+from ..frontend.control_flow import (apply_input_flags, frozen_values, inline_constant_ifs,
                                      subgraph_nodes)
 from . import accuracy_aware, bias_correction, calibration, export, report as _report
 from .config import QuantizeConfig
@@ -99,7 +99,8 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     t0 = time.time()
     src = model if isinstance(model, (str, Path)) else getattr(model.graph, "name", "model")
     fp32 = load_model(model)
-    fp32 = apply_input_flags(fp32, cfg.input_shapes, cfg.input_values, str(src))
+    fp32 = apply_input_flags(fp32, cfg.input_shapes, cfg.input_values, str(src),
+                             require_static=False)
     # an If whose condition is constant (frozen input, static shapes) becomes its taken
     # branch, so the ops inside it are seen and quantized
     fp32, inlined_ifs = inline_constant_ifs(fp32, str(src))
@@ -209,20 +210,6 @@ def quantize_detailed(model: str | Path | ModelProto, calibration_dataset: Any,
     rep["bias_correction"].update(enabled=cfg.fast_bias_correction, skipped=bc_skipped,
                                   samples=len(bc_samples))
     return QuantizationResult(prepared, plan, reverted, rep)
-
-
-def apply_input_flags(model: ModelProto, shapes: dict | None, values: dict | None,
-                      source: str) -> ModelProto:
-    """--input-value (frozen inputs become initializers), then --input-shape of the inputs
-    left (dynamic dims may stay: the calibration data gives them)."""
-    from ..frontend.shapes import fix_input_shapes
-
-    if values:
-        model = freeze_inputs(model, values, shapes, source)
-        shapes = {k: v for k, v in (shapes or {}).items() if k not in values}
-    if shapes:
-        model = fix_input_shapes(model, shapes, source, require_static=False)
-    return model
 
 
 def _merge_scope(scope: IgnoredScope | None, cfg: QuantizeConfig) -> IgnoredScope:

@@ -68,7 +68,6 @@ def collect(model: ModelProto, g: Graph, plan: Plan, samples: list[dict[str, np.
             if fetch else ({} for _ in groups))
     with Progress(len(samples), desc, s.progress) as bar:
         for (feed, n), out in zip(groups, outs):
-            out = {k: out[k] for k in fetch} if fetch else {}
             tensors, red = whole + feeds_of, reduced
             if reduced and not stats_graph.finite(out, reduced):
                 # NaN / Inf somewhere: this batch's tensors whole, so they are counted exactly

@@ -87,24 +87,27 @@ class Graph:
             self._const_cache[tensor] = numpy_helper.to_array(self.initializers[tensor])
         return self._const_cache[tensor]
 
-    def static_shape(self, tensor: str) -> list[int] | None:
-        """The tensor's dims when every one is known (value_info or constant), else None."""
+    def _dims(self, tensor: str) -> list | None:
+        """The tensor's dims from value_info (int, symbolic name or None each), else the
+        constant's shape; None when neither is known."""
+        from ..frontend.shapes import dims_of
+
         vi = self.value_info.get(tensor)
         if vi is None or not vi.type.HasField("tensor_type") or \
                 not vi.type.tensor_type.HasField("shape"):
             c = self.const(tensor)
             return None if c is None else list(c.shape)
-        dims = [d.dim_value if d.HasField("dim_value") else 0
-                for d in vi.type.tensor_type.shape.dim]
-        return dims if all(d > 0 for d in dims) else None
+        return dims_of(vi)
+
+    def static_shape(self, tensor: str) -> list[int] | None:
+        """The tensor's dims when every one is known (value_info or constant), else None."""
+        dims = self._dims(tensor)
+        ok = dims is not None and all(isinstance(d, int) and d > 0 for d in dims)
+        return dims if ok else None
 
     def rank(self, tensor: str) -> int | None:
-        vi = self.value_info.get(tensor)
-        if vi is None or not vi.type.HasField("tensor_type") or \
-                not vi.type.tensor_type.HasField("shape"):
-            c = self.const(tensor)
-            return None if c is None else c.ndim
-        return len(vi.type.tensor_type.shape.dim)
+        dims = self._dims(tensor)
+        return None if dims is None else len(dims)
 
     def elem_type(self, tensor: str) -> int | None:
         vi = self.value_info.get(tensor)

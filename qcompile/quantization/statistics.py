@@ -26,6 +26,18 @@ def stride(n: int) -> int:
     return n
 
 
+def sample_step(size: int, sample: int) -> int:
+    """The stride of the histogram's sample of a batch of `size` values (1: all of them):
+    a prime near size / sample once the batch holds more than twice `sample`."""
+    return stride(size // sample) if sample and size > 2 * sample else 1
+
+
+def sample_offset(batch: int) -> int:
+    """Where batch number `batch` (1, 2, ...) starts its sample, before `% step`: moves on
+    every batch so that over the calibration set every position is visited."""
+    return batch * 7919
+
+
 @dataclasses.dataclass
 class TensorStats:
     min: float = np.inf
@@ -61,9 +73,9 @@ class TensorStats:
             lo, hi = float(x.min()), float(x.max())
         self._add(lo, hi, x.size)
         if bins:
-            if sample and x.size > 2 * sample:
-                step = stride(x.size // sample)
-                x = x.reshape(-1)[(self.batches * 7919) % step::step]
+            step = sample_step(x.size, sample)
+            if step > 1:
+                x = x.reshape(-1)[sample_offset(self.batches) % step::step]
             self._histogram(x, lo, hi, bins)
 
     def add_reduced(self, lo: float, hi: float, size: int, values: np.ndarray | None,

@@ -23,7 +23,7 @@ import numpy as np
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
 from .graph import Graph, opset_version
-from .statistics import TensorStats, stride
+from .statistics import TensorStats, sample_offset, sample_step
 
 OFFSET = "qcompile/statistics/offset"
 
@@ -60,7 +60,7 @@ def build(model: ModelProto, g: Graph, tensors: list[str], bins: int | None, sam
                   for op, o in (("ReduceMin", r.min), ("ReduceMax", r.max), ("ReduceSum", r.sum))]
         outs += [r.min, r.max, r.sum]
         if bins:
-            r.step = stride(size // sample) if sample and size > 2 * sample else 1
+            r.step = sample_step(size, sample)
             r.sample = base + "/sample"
             if r.step == 1:
                 nodes.append(helper.make_node("Reshape", [t, flat], [r.sample], name=r.sample))
@@ -95,7 +95,7 @@ def build(model: ModelProto, g: Graph, tensors: list[str], bins: int | None, sam
 
 def offset(batch: int) -> np.ndarray:
     """The `OFFSET` input of batch number `batch` (the same walk as `TensorStats.update`)."""
-    return np.array([batch * 7919], np.int64)
+    return np.array([sample_offset(batch)], np.int64)
 
 
 def finite(out: dict[str, np.ndarray], reduced: list[Reduced]) -> bool:
