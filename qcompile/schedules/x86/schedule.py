@@ -609,28 +609,26 @@ def default_block_copy_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
     division per element), the L lanes of a pixel one vector copy, rows of all channel
     blocks parallel; fused producers computed before it at the root. As a generic
     injective loop (one parallel loop over pixels, the indices divided out per vector)
-    PP-OCRv4 det's 96 x 80 x 80 -> 24 x 160 x 160 u8 depth-to-space took ~200 us. None
-    where a step does not apply (a producer that is not injective): the generic schedule
-    then takes the function."""
+    PP-OCRv4 det's 96 x 80 x 80 -> 24 x 160 x 160 u8 depth-to-space took ~200 us. Where a
+    step does not apply (a producer that is not injective) TVM's error propagates, and
+    `apply_default_schedules` leaves the function to the generic schedule and records it in
+    `fallbacks`, as for the other templates."""
     sch = Schedule(tvm.IRModule({"main": func}))
     *producers, blk = _all_blocks(sch)
-    try:
-        # producers (the quantize before an upsampling) at the root over their own, smaller
-        # shape: inlined, an upsampling by k x k computed each of their elements k*k times
-        for p in producers:
-            _root_injective(sch, p, _threads())
-        b, o, y, z, lane = sch.get_loops(blk)
-        buf_in = sch.get(blk).reads[0].source
-        kh = _ext(sch, y) // int(buf_in.shape[2])
-        kw = _ext(sch, z) // int(buf_in.shape[3])
-        yo, yi = sch.split(y, [None, kh])
-        zo, zi = sch.split(z, [None, kw])
-        sch.reorder(b, o, yo, yi, zo, zi, lane)
-        sch.parallel(sch.fuse(b, o, yo))
-        sch.unroll(zi)
-        sch.vectorize(lane)
-    except _TVM_ERRORS:
-        return None
+    # producers (the quantize before an upsampling) at the root over their own, smaller
+    # shape: inlined, an upsampling by k x k computed each of their elements k*k times
+    for p in producers:
+        _root_injective(sch, p, _threads())
+    b, o, y, z, lane = sch.get_loops(blk)
+    buf_in = sch.get(blk).reads[0].source
+    kh = _ext(sch, y) // int(buf_in.shape[2])
+    kw = _ext(sch, z) // int(buf_in.shape[3])
+    yo, yi = sch.split(y, [None, kh])
+    zo, zi = sch.split(z, [None, kw])
+    sch.reorder(b, o, yo, yi, zo, zi, lane)
+    sch.parallel(sch.fuse(b, o, yo))
+    sch.unroll(zi)
+    sch.vectorize(lane)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
@@ -703,9 +701,7 @@ def apply_default_schedules(mod: tvm.IRModule, spec=None, strict: bool = False,
             elif _is_layout_transform(func):
                 updates[gv] = default_injective_schedule(func)
             elif _is_block_copy(func):
-                copy = default_block_copy_schedule(func)
-                if copy is not None:  # else: the generic schedule
-                    updates[gv] = copy
+                updates[gv] = default_block_copy_schedule(func)
         except tvm_errors() as err:
             if strict:
                 raise
